@@ -4,8 +4,10 @@
 //! Everything under `generated/` is written by `cargo codegen-ci generate`;
 //! `cargo codegen-ci check` fails when it drifts from `proto/`.
 
+pub mod fields;
 mod raw_state;
 
+pub use fields::{FieldError, FieldValue, StateSchema};
 pub use raw_state::RawState;
 
 /// `tether.options.v1`: validity rules carried in the descriptor.
