@@ -1,8 +1,20 @@
 //! tetherd: holds one gRPC stream per connected vehicle and delivers
 //! idempotent target-state commands from apps.
 //!
-//! The crate is layered: [`core`] holds the command semantics with no I/O;
-//! the store and router adapters sit behind small traits; the gRPC services
-//! and the transport are thin shells around them.
+//! Layers, inner to outer: [`core`] (command semantics, no I/O), [`store`]
+//! (durable records behind the `Store` trait), [`hub`] (per-vehicle cells:
+//! record, presence, change signal), [`service`] (gRPC services, status
+//! mapping in one place), [`transport`] (accept loop and HTTP/2), [`server`]
+//! (assembly and graceful shutdown).
 
+pub mod config;
 pub mod core;
+pub mod hub;
+pub mod server;
+pub mod service;
+pub mod stats;
+pub mod store;
+pub mod transport;
+
+pub use config::Config;
+pub use server::{ServerHandle, StartError, start};

@@ -351,6 +351,9 @@ impl VehicleRecord {
     pub fn hello(&mut self, last_applied: u64, actual: Vec<FieldValue>) {
         self.actual = actual.into_iter().map(|f| (f.path.clone(), f)).collect();
         self.observed_generation = last_applied;
+        // A vehicle ahead of the record (a store restored from an old backup)
+        // would drop new writes as duplicates: continue above its generation.
+        self.generation = self.generation.max(last_applied);
         for field in self.desired.values_mut() {
             if is_final(field.status) || field.generation > last_applied {
                 continue;

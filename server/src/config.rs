@@ -1,0 +1,172 @@
+//! tetherd's configuration: one struct, parsed fully from flags and `TETHER_*`
+//! environment variables before anything binds. Bad values exit with one clear
+//! line naming the flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms, 15s or 5m: {e}"))
+}
+
+/// How tetherd runs. Every option is also read from the environment variable
+/// named in its help (flags win).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tetherd", version, about = "tetherd: delivers target-state commands to connected vehicles")]
+pub struct Config {
+    /// Address to serve gRPC on. Plaintext is for loopback development.
+    #[arg(long, env = "TETHER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "TETHER_DATA_DIR", default_value = "tether-data")]
+    pub data_dir: PathBuf,
+
+    /// A FileDescriptorSet to read the vehicle state through, instead of the
+    /// contract compiled in (lets a newer contract's fields flow without a rebuild).
+    #[arg(long, env = "TETHER_STATE_DESCRIPTOR")]
+    pub state_descriptor: Option<PathBuf>,
+
+    /// The state message's full name within that descriptor set.
+    #[arg(long, env = "TETHER_STATE_MESSAGE", default_value = "tether.state.v1.VehicleState")]
+    pub state_message: String,
+
+    /// Expiry of a write that gives no TTL.
+    #[arg(long, env = "TETHER_DEFAULT_TTL", default_value = "5m", value_parser = duration)]
+    pub default_ttl: Duration,
+
+    /// Longest TTL a write may ask for.
+    #[arg(long, env = "TETHER_MAX_TTL", default_value = "7d", value_parser = duration)]
+    pub max_ttl: Duration,
+
+    /// How often each side of a vehicle session sends a heartbeat.
+    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Silent intervals after which a session is closed.
+    #[arg(long, env = "TETHER_HEARTBEAT_MISSES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub heartbeat_misses: u32,
+
+    /// Time a new stream has to send its Hello.
+    #[arg(long, env = "TETHER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
+
+    /// Longest a SetDesired call waits for an acknowledgement level, whatever
+    /// the caller's deadline.
+    #[arg(long, env = "TETHER_MAX_WAIT", default_value = "60s", value_parser = duration)]
+    pub max_wait: Duration,
+
+    /// How long idempotency keys are remembered.
+    #[arg(long, env = "TETHER_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = duration)]
+    pub idempotency_window: Duration,
+
+    /// Most idempotency keys remembered per vehicle (oldest forgotten first).
+    #[arg(long, env = "TETHER_MAX_KEYS_PER_VEHICLE", default_value_t = 1000)]
+    pub max_keys_per_vehicle: usize,
+
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "TETHER_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most open connections; more are refused with UNAVAILABLE.
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS", default_value_t = 18_000)]
+    pub max_connections: usize,
+
+    /// HTTP/2 PING interval on idle connections (detects dead peers).
+    #[arg(long, env = "TETHER_H2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub h2_keepalive_interval: Duration,
+
+    /// Time to wait for a PING's answer before closing the connection.
+    #[arg(long, env = "TETHER_H2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub h2_keepalive_timeout: Duration,
+
+    /// TCP keepalive idle time on accepted sockets.
+    #[arg(long, env = "TETHER_TCP_KEEPALIVE", default_value = "60s", value_parser = duration)]
+    pub tcp_keepalive: Duration,
+
+    /// HTTP/2 per-stream flow-control window, in bytes.
+    #[arg(long, env = "TETHER_H2_STREAM_WINDOW", default_value_t = 64 * 1024)]
+    pub h2_stream_window: u32,
+
+    /// HTTP/2 per-connection flow-control window, in bytes.
+    #[arg(long, env = "TETHER_H2_CONNECTION_WINDOW", default_value_t = 1024 * 1024)]
+    pub h2_connection_window: u32,
+
+    /// Most concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "TETHER_H2_MAX_STREAMS", default_value_t = 1000)]
+    pub h2_max_concurrent_streams: u32,
+
+    /// Streams a peer may make the server reset for errors before the
+    /// connection is closed (h2's guard against reset floods).
+    #[arg(long, env = "TETHER_H2_MAX_LOCAL_ERROR_RESETS", default_value_t = 1024)]
+    pub h2_max_local_error_resets: usize,
+
+    /// Time given to sessions and calls to finish at shutdown.
+    #[arg(long, env = "TETHER_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// Vehicles told to reconnect after shutdown wait between this and twice this (jittered).
+    #[arg(long, env = "TETHER_RECONNECT_HINT", default_value = "2s", value_parser = duration)]
+    pub reconnect_hint: Duration,
+
+    /// Log format: text or json.
+    #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["tetherd"])
+    }
+}
+
+impl Config {
+    /// Checks relations between values that single flags cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.default_ttl.is_zero() || self.default_ttl > self.max_ttl {
+            return Err(format!(
+                "--default-ttl ({:?}) must be above zero and at most --max-ttl ({:?})",
+                self.default_ttl, self.max_ttl
+            ));
+        }
+        if self.heartbeat_interval < Duration::from_millis(10) {
+            return Err("--heartbeat-interval must be at least 10ms".into());
+        }
+        if self.max_message_bytes < 1024 {
+            return Err("--max-message-bytes must be at least 1024".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The config for tests: loopback on an ephemeral port, fast heartbeats.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("valid"),
+            data_dir,
+            heartbeat_interval: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(3),
+            reconnect_hint: Duration::from_millis(100),
+            ..Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_the_flag() {
+        Config::default().validate().unwrap();
+        let err = Config::try_parse_from(["tetherd", "--default-ttl", "soon"]).unwrap_err().to_string();
+        assert!(err.contains("--default-ttl") && err.contains("not a duration"), "{err}");
+        let cfg = Config::try_parse_from(["tetherd", "--default-ttl", "9d"]).unwrap();
+        assert!(cfg.validate().unwrap_err().contains("--max-ttl"));
+    }
+}

@@ -1,0 +1,387 @@
+//! The node's vehicles: one cell per vehicle holding its record, its presence
+//! and a change signal that sessions, waiters and watchers wait on.
+//!
+//! A cell's lock is a plain mutex, never held across an await: every change
+//! is a short critical section that mutates, enqueues the save (so saves
+//! reach the store in the order of changes) and signals.
+
+use std::collections::{BTreeMap, BinaryHeap};
+use std::cmp::Reverse;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::SystemTime;
+
+use tether_proto::StateSchema;
+use tokio::sync::{oneshot, watch};
+
+use crate::core::{KeyLimits, VehicleRecord};
+use crate::store::{Durable, Store, StoreError, decode_record, encode_record};
+use crate::stats::Stats;
+use tether_proto::vehicle::v1::GoodbyeReason;
+
+/// What a change touched; drives saving and watch events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Desired values (a write, a cancel).
+    pub desired: bool,
+    /// The actual state.
+    pub actual: bool,
+    /// A field's status.
+    pub status: bool,
+    /// Presence.
+    pub presence: bool,
+}
+
+impl Change {
+    /// Nothing changed.
+    pub const NONE: Change = Change { desired: false, actual: false, status: false, presence: false };
+
+    fn is_stored(self) -> bool {
+        self.desired || self.actual || self.status
+    }
+
+    fn any(self) -> bool {
+        self.is_stored() || self.presence
+    }
+}
+
+/// Running versions of each kind of change, for watchers to diff.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Versions {
+    /// Bumped by desired changes.
+    pub desired: u64,
+    /// Bumped by actual-state changes.
+    pub actual: u64,
+    /// Bumped by field status changes.
+    pub status: u64,
+    /// Bumped by presence changes.
+    pub presence: u64,
+}
+
+/// Why a live session must end, sent to it by whoever ends it.
+#[derive(Debug, Clone)]
+pub struct Kick {
+    /// The goodbye reason.
+    pub reason: GoodbyeReason,
+    /// A human-readable message.
+    pub message: String,
+}
+
+/// The live session of a vehicle.
+#[derive(Debug)]
+pub struct LiveSession {
+    /// Its id.
+    pub id: u64,
+    kick: Option<oneshot::Sender<Kick>>,
+}
+
+/// A vehicle's connection state and its snapshot flow control.
+#[derive(Debug, Default)]
+pub struct Presence {
+    /// The live session, if any.
+    pub live: Option<LiveSession>,
+    /// The live or last session's id.
+    pub session_id: u64,
+    /// When the live or last session started.
+    pub connected_at: Option<SystemTime>,
+    /// When the vehicle was last heard from.
+    pub last_seen: Option<SystemTime>,
+    /// The agent's version.
+    pub agent_version: String,
+    /// Generation of the last snapshot sent in the live session (0: none).
+    pub sent_generation: u64,
+    /// Generation of the snapshot sent and not yet acknowledged.
+    pub unacked: Option<u64>,
+    /// Snapshots sent in the live session.
+    pub snapshots_sent: u64,
+}
+
+impl Presence {
+    /// Whether a session is live.
+    pub fn online(&self) -> bool {
+        self.live.is_some()
+    }
+}
+
+/// Everything behind a cell's lock.
+#[derive(Debug, Default)]
+pub struct VehicleInner {
+    /// The command-semantics record.
+    pub record: VehicleRecord,
+    /// Presence and snapshot flow control.
+    pub presence: Presence,
+    /// Change versions.
+    pub versions: Versions,
+    /// The expiry this vehicle is armed for in the hub's expiry queue.
+    armed_expiry: Option<SystemTime>,
+}
+
+impl VehicleInner {
+    /// Whether a desired-state change waits to be sent to the live session.
+    pub fn snapshot_pending(&self) -> bool {
+        self.presence.online() && self.record.generation > self.presence.sent_generation
+    }
+}
+
+/// One vehicle.
+#[derive(Debug)]
+pub struct VehicleCell {
+    /// The vehicle id.
+    pub id: Arc<str>,
+    inner: Mutex<VehicleInner>,
+    changes: watch::Sender<u64>,
+}
+
+impl VehicleCell {
+    fn new(id: Arc<str>, record: VehicleRecord) -> Self {
+        VehicleCell {
+            id,
+            inner: Mutex::new(VehicleInner { record, ..Default::default() }),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    /// Locks the cell for reading. Do not hold across an await.
+    pub fn lock(&self) -> MutexGuard<'_, VehicleInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver woken after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// All vehicles of the node, with the store and the shared settings.
+pub struct Hub {
+    vehicles: RwLock<BTreeMap<Arc<str>, Arc<VehicleCell>>>,
+    /// The state schema (the contract's, or a configured descriptor set).
+    pub schema: StateSchema,
+    store: Arc<dyn Store>,
+    /// Idempotency key bounds.
+    pub key_limits: KeyLimits,
+    /// Live counters.
+    pub stats: Arc<Stats>,
+    expiries: Mutex<BinaryHeap<Reverse<(SystemTime, Arc<str>)>>>,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("vehicles", &self.len()).finish()
+    }
+}
+
+impl Hub {
+    /// Loads every stored vehicle.
+    pub fn load(
+        store: Arc<dyn Store>,
+        schema: StateSchema,
+        key_limits: KeyLimits,
+        stats: Arc<Stats>,
+    ) -> Result<Self, StoreError> {
+        let mut vehicles = BTreeMap::new();
+        let mut expiries = BinaryHeap::new();
+        for (id, bytes) in store.load_all()? {
+            match decode_record(&id, &bytes, &schema, key_limits) {
+                Ok(record) => {
+                    let cell = VehicleCell::new(id.clone(), record);
+                    {
+                        let mut inner = cell.lock();
+                        if let Some(at) = inner.record.next_expiry() {
+                            inner.armed_expiry = Some(at);
+                            expiries.push(Reverse((at, id.clone())));
+                        }
+                    }
+                    vehicles.insert(id, Arc::new(cell));
+                }
+                Err(e) => tracing::error!(vehicle = %id, error = %e, "stored record does not decode; skipped"),
+            }
+        }
+        let epoch = u64::from(store.boot_epoch());
+        Ok(Hub {
+            vehicles: RwLock::new(vehicles),
+            schema,
+            store,
+            key_limits,
+            stats,
+            expiries: Mutex::new(expiries),
+            next_session: AtomicU64::new(epoch << 32),
+        })
+    }
+
+    /// The vehicle, if known.
+    pub fn get(&self, id: &str) -> Option<Arc<VehicleCell>> {
+        self.vehicles.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// The vehicle, created empty if unknown.
+    pub fn get_or_create(&self, id: &str) -> Arc<VehicleCell> {
+        if let Some(cell) = self.get(id) {
+            return cell;
+        }
+        let mut map = self.vehicles.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(Arc::from(id))
+            .or_insert_with_key(|id| Arc::new(VehicleCell::new(id.clone(), VehicleRecord::default())))
+            .clone()
+    }
+
+    /// How many vehicles the node holds.
+    pub fn len(&self) -> usize {
+        self.vehicles.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether the node holds no vehicle.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `limit` vehicles with ids after `after`, in id order.
+    pub fn page(&self, after: &str, limit: usize, filter: impl Fn(&VehicleCell) -> bool) -> Vec<Arc<VehicleCell>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let map = self.vehicles.read().unwrap_or_else(|p| p.into_inner());
+        let start = if after.is_empty() { Unbounded } else { Excluded(after) };
+        map.range::<str, _>((start, Unbounded)).map(|(_, c)| c).filter(|c| filter(c)).take(limit).cloned().collect()
+    }
+
+    /// Every vehicle (for scans such as statistics).
+    pub fn all(&self) -> Vec<Arc<VehicleCell>> {
+        self.vehicles.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Mutates a vehicle under its lock. What `f` reports as changed is
+    /// versioned, saved (in change order) and signalled. Returns `f`'s result
+    /// and, when something stored changed, the save's durability receiver.
+    pub fn update<R>(
+        &self,
+        cell: &VehicleCell,
+        f: impl FnOnce(&mut VehicleInner) -> (R, Change),
+    ) -> (R, Option<Durable>) {
+        let mut inner = cell.lock();
+        let (result, change) = f(&mut inner);
+        if !change.any() {
+            return (result, None);
+        }
+        let v = &mut inner.versions;
+        v.desired += u64::from(change.desired);
+        v.actual += u64::from(change.actual);
+        v.status += u64::from(change.status);
+        v.presence += u64::from(change.presence);
+        let durable = change.is_stored().then(|| self.store.save(cell.id.clone(), encode_record(&inner.record)));
+        if change.desired {
+            self.arm_expiry(&cell.id, &mut inner);
+        }
+        drop(inner);
+        cell.changes.send_modify(|v| *v = v.wrapping_add(1));
+        (result, durable)
+    }
+
+    /// Queues the vehicle's next expiry unless an earlier one is queued: one
+    /// live queue entry per vehicle, however many writes it gets.
+    fn arm_expiry(&self, id: &Arc<str>, inner: &mut VehicleInner) {
+        let Some(at) = inner.record.next_expiry() else { return };
+        if inner.armed_expiry.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        inner.armed_expiry = Some(at);
+        self.expiries.lock().unwrap_or_else(|p| p.into_inner()).push(Reverse((at, id.clone())));
+    }
+
+    /// Opens a session for a vehicle, superseding (and kicking) any live one.
+    /// Returns the session id and the receiver through which this session
+    /// may itself be kicked later.
+    pub fn open_session(
+        &self,
+        cell: &VehicleCell,
+        agent_version: &str,
+        now: SystemTime,
+        on_open: impl FnOnce(&mut VehicleInner) -> Change,
+    ) -> (u64, oneshot::Receiver<Kick>) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+        let (kick, kicked) = oneshot::channel();
+        let ((), _) = self.update(cell, |inner| {
+            let p = &mut inner.presence;
+            if let Some(old) = p.live.take() {
+                crate::stats::bump(&self.stats.sessions_superseded);
+                if let Some(kick) = old.kick {
+                    let _ = kick.send(Kick {
+                        reason: GoodbyeReason::Superseded,
+                        message: format!("session {} superseded by session {id}", old.id),
+                    });
+                }
+            }
+            *p = Presence {
+                live: Some(LiveSession { id, kick: Some(kick) }),
+                session_id: id,
+                connected_at: Some(now),
+                last_seen: Some(now),
+                agent_version: agent_version.to_string(),
+                ..Presence::default()
+            };
+            let mut change = on_open(inner);
+            change.presence = true;
+            ((), change)
+        });
+        (id, kicked)
+    }
+
+    /// Ends session `id` if it is still the live one: presence never flips
+    /// back to a dead session.
+    pub fn close_session(&self, cell: &VehicleCell, id: u64, now: SystemTime) {
+        self.update(cell, |inner| {
+            let p = &mut inner.presence;
+            if p.live.as_ref().is_some_and(|s| s.id == id) {
+                p.live = None;
+                p.last_seen = Some(now);
+                p.unacked = None;
+                ((), Change { presence: true, ..Change::NONE })
+            } else {
+                ((), Change::NONE)
+            }
+        });
+    }
+
+    /// Kicks every live session (for shutdown).
+    pub fn kick_all(&self, reason: GoodbyeReason, message: &str) {
+        for cell in self.all() {
+            let mut inner = cell.lock();
+            if let Some(kick) = inner.presence.live.as_mut().and_then(|s| s.kick.take()) {
+                let _ = kick.send(Kick { reason, message: message.to_string() });
+            }
+        }
+    }
+
+    /// Marks fields past their expiry on every vehicle whose earliest expiry
+    /// is due. One shared scan for the node: no per-vehicle timers.
+    pub fn expire_due(&self, now: SystemTime) -> usize {
+        let mut due = Vec::new();
+        {
+            let mut heap = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+            while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                let Reverse((_, id)) = heap.pop().expect("peeked");
+                due.push(id);
+            }
+        }
+        due.sort();
+        due.dedup();
+        let mut expired = 0;
+        for id in due {
+            let Some(cell) = self.get(&id) else { continue };
+            self.update(&cell, |inner| {
+                let changed = inner.record.expire(now);
+                expired += usize::from(changed);
+                if inner.armed_expiry.is_some_and(|at| at <= now) {
+                    inner.armed_expiry = None;
+                }
+                self.arm_expiry(&id, inner);
+                ((), Change { status: changed, ..Change::NONE })
+            });
+        }
+        expired
+    }
+
+    /// Stops the store after it made every save durable.
+    pub fn close_store(&self) {
+        self.store.close();
+    }
+}

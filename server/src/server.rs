@@ -1,0 +1,181 @@
+//! Assembles a node: store, hub, services, transport and the expiry sweep;
+//! and takes it down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tether_proto::StateSchema;
+use tether_proto::admin::v1::ServerStats;
+use tether_proto::admin::v1::admin_service_server::AdminServiceServer;
+use tether_proto::app::v1::control_service_server::ControlServiceServer;
+use tether_proto::vehicle::v1::GoodbyeReason;
+use tether_proto::vehicle::v1::vehicle_service_server::VehicleServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::core::KeyLimits;
+use crate::hub::Hub;
+use crate::service::{AdminApi, ControlApi, VehicleApi};
+use crate::stats::Stats;
+use crate::store::{RedbStore, Store};
+use crate::transport::{OversizeAsResourceExhausted, accept_loop};
+
+/// How often the shared expiry sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Why a node could not start. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The state descriptor cannot be used.
+    #[error("cannot use --state-descriptor {path}: {reason}")]
+    Schema {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store cannot be opened.
+    #[error("cannot open the store in {dir}: {reason}")]
+    Store {
+        /// The data directory.
+        dir: String,
+        /// Why.
+        reason: String,
+    },
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running node.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    hub: Arc<Hub>,
+    admin: AdminApi,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").field("local_addr", &self.local_addr).finish()
+    }
+}
+
+fn load_schema(config: &Config) -> Result<StateSchema, StartError> {
+    let Some(path) = &config.state_descriptor else {
+        return Ok(StateSchema::contract());
+    };
+    let schema_error = |reason: String| StartError::Schema { path: path.display().to_string(), reason };
+    let bytes = std::fs::read(path).map_err(|e| schema_error(e.to_string()))?;
+    StateSchema::from_descriptor_set(&bytes, &config.state_message).map_err(|e| schema_error(e.to_string()))
+}
+
+/// Starts a node: validates the config, opens the store, binds, serves.
+pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let schema = load_schema(&config)?;
+    let dir = config.data_dir.display().to_string();
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| StartError::Store { dir: dir.clone(), reason: e.0 })?);
+    let key_limits = KeyLimits { window: config.idempotency_window, max: config.max_keys_per_vehicle };
+    let stats = Arc::new(Stats::default());
+    let hub = Hub::load(store, schema, key_limits, stats.clone())
+        .map_err(|e| StartError::Store { dir, reason: e.0 })?;
+    let hub = Arc::new(hub);
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+
+    let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let limit = config.max_message_bytes;
+    let vehicle = VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), tasks.clone());
+    let control = ControlApi::new(hub.clone(), config.clone(), shutdown.clone());
+    let admin = AdminApi::new(hub.clone(), tasks.clone());
+    let routes = tonic::service::Routes::new(
+        VehicleServiceServer::new(vehicle).max_decoding_message_size(limit).max_encoding_message_size(limit),
+    )
+    .add_service(ControlServiceServer::new(control).max_decoding_message_size(limit).max_encoding_message_size(limit))
+    .add_service(AdminServiceServer::new(admin.clone()))
+    .prepare();
+    let service = OversizeAsResourceExhausted(routes);
+
+    tasks.spawn(accept_loop(listener, service, config.clone(), stats, tasks.clone(), shutdown.clone()));
+    tasks.spawn(sweep(hub.clone(), shutdown.clone()));
+    tracing::info!(
+        addr = %local_addr,
+        data_dir = %config.data_dir.display(),
+        vehicles = hub.len(),
+        "tetherd serving (plaintext gRPC)"
+    );
+    Ok(ServerHandle { local_addr, shutdown, tasks, hub, admin, grace: config.shutdown_grace })
+}
+
+/// The shared expiry sweep: one task for the node, no per-vehicle timers.
+async fn sweep(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let expired = hub.expire_due(SystemTime::now());
+                if expired > 0 {
+                    tracing::debug!(vehicles = expired, "expired undelivered fields");
+                }
+            }
+        }
+    }
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's counts (as AdminService serves them).
+    pub fn stats(&self) -> ServerStats {
+        self.admin.stats()
+    }
+
+    /// The hub (for in-process inspection in tests and tools).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Resolves when shutdown has been requested.
+    pub fn shutdown_requested(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shutdown.cancelled()
+    }
+
+    /// Graceful shutdown: stop accepting, say goodbye to every session
+    /// (with a jittered reconnect hint), answer waiting calls, let
+    /// connections drain within the grace period, then make every accepted
+    /// write durable and close the store.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.hub.kick_all(GoodbyeReason::ShuttingDown, "tetherd is shutting down");
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(self.grace + Duration::from_secs(1), self.tasks.wait()).await.is_err() {
+            tracing::warn!(tasks = self.tasks.len(), "grace period over; closing with tasks still running");
+        }
+        self.hub.close_store();
+        tracing::info!("shut down");
+    }
+}

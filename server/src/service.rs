@@ -1,0 +1,43 @@
+//! The gRPC services: thin shells that validate input, call the hub and the
+//! core, and map domain errors to `tonic::Status` (in `status.rs` only).
+
+mod admin;
+mod app;
+mod convert;
+mod deadline;
+mod status;
+mod vehicle;
+
+pub use admin::AdminApi;
+pub use app::ControlApi;
+pub use status::ApiError;
+pub use vehicle::VehicleApi;
+
+/// Checks a vehicle id: 1 to 64 characters of `[A-Za-z0-9._:-]`, starting
+/// with a letter or digit.
+pub fn validate_vehicle_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidVehicleId(id.chars().take(80).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vehicle_ids() {
+        for good in ["car-1", "WVW1234567", "fleet:eu.car_9"] {
+            validate_vehicle_id(good).unwrap();
+        }
+        for bad in ["", "-car", "car 1", "car/1", &"x".repeat(65), "caré"] {
+            assert!(validate_vehicle_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! `tether.app.v1.ControlService`: set, read, watch, list and cancel desired state.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use tether_proto::app::v1 as pb;
+use tether_proto::app::v1::control_service_server::ControlService;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::deadline::grpc_timeout;
+use super::status::ApiError;
+use super::validate_vehicle_id;
+use crate::config::Config;
+use crate::core::{FieldOutcome, FieldStatus, Origin, Write, is_final};
+use crate::hub::{Change, Hub, VehicleCell, Versions};
+use crate::stats::Gauge;
+
+/// Longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 128;
+/// Largest page of ListVehicles.
+const MAX_PAGE: u32 = 1000;
+const PAGE_TOKEN_PREFIX: &str = "after:";
+
+/// The app-facing service.
+#[derive(Clone)]
+pub struct ControlApi {
+    hub: Arc<Hub>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+}
+
+impl ControlApi {
+    /// A service over `hub`; `shutdown` answers waiting calls when the node stops.
+    pub fn new(hub: Arc<Hub>, config: Arc<Config>, shutdown: CancellationToken) -> Self {
+        ControlApi { hub, config, shutdown }
+    }
+
+    fn known(&self, id: &str) -> Result<Arc<VehicleCell>, ApiError> {
+        validate_vehicle_id(id)?;
+        self.hub.get(id).ok_or_else(|| ApiError::NotFound(id.to_string()))
+    }
+
+    async fn set_desired(&self, req: Request<pb::SetDesiredRequest>) -> Result<pb::SetDesiredResponse, ApiError> {
+        let started = Instant::now();
+        let caller_timeout = grpc_timeout(req.metadata());
+        let req = req.into_inner();
+        validate_vehicle_id(&req.vehicle_id)?;
+        let key = &req.idempotency_key;
+        if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiError::InvalidArgument(format!(
+                "idempotency_key must be 1 to {MAX_KEY_LEN} printable ASCII characters (the SDK generates one)"
+            )));
+        }
+        let now = SystemTime::now();
+        let ttl = self.ttl(&req)?;
+        let patch = req.patch.unwrap_or_default();
+        let mut fields = self.hub.schema.split(patch.as_bytes())?;
+        if fields.is_empty() {
+            return Err(ApiError::InvalidArgument("patch is empty: set at least one field".into()));
+        }
+        for field in &fields {
+            self.hub.schema.validate(field, now)?;
+        }
+        // A patch may name a path twice (merge semantics): the last value wins.
+        fields.reverse();
+        let mut seen = std::collections::HashSet::new();
+        fields.retain(|f| seen.insert(f.path.clone()));
+        fields.reverse();
+
+        let write = Write {
+            fingerprint: fingerprint(&fields, ttl, req.expected_generation),
+            fields,
+            expected_generation: req.expected_generation,
+            expires_at: ttl.map(|d| now + d),
+            origin: Origin {
+                subject: "anonymous".into(),
+                idempotency_key: key.as_str().into(),
+                traceparent: String::new(),
+            },
+        };
+        let cell = if req.require_online {
+            match self.hub.get(&req.vehicle_id) {
+                Some(cell) if cell.lock().presence.online() => cell,
+                _ => return Err(ApiError::Offline(req.vehicle_id)),
+            }
+        } else {
+            self.hub.get_or_create(&req.vehicle_id)
+        };
+        let limits = self.hub.key_limits;
+        let (result, durable) = self.hub.update(&cell, |inner| {
+            if req.require_online && !inner.presence.online() {
+                return (Err(ApiError::Offline(req.vehicle_id.clone())), Change::NONE);
+            }
+            match inner.record.write(write, now, limits) {
+                Ok(r) => {
+                    let changed = r.changed;
+                    (Ok(r), Change { desired: changed, status: changed, ..Change::NONE })
+                }
+                Err(e) => (Err(e.into()), Change::NONE),
+            }
+        });
+        let result = result?;
+        if let Some(durable) = durable {
+            // ACCEPTED means on disk.
+            durable.await.map_err(|_| crate::store::StoreError("the store stopped".into()))??;
+        }
+        let level = pb::WaitLevel::try_from(req.wait).unwrap_or(pb::WaitLevel::Unspecified);
+        let outcomes = match level {
+            pb::WaitLevel::Delivered | pb::WaitLevel::Applied => {
+                let wait = caller_timeout.map_or(self.config.max_wait, |t| t.min(self.config.max_wait));
+                let budget = wait.saturating_sub(started.elapsed());
+                self.wait_for(&cell, &result.fields, level, budget, result.generation).await?
+            }
+            _ => cell.lock().record.outcomes(&result.fields, SystemTime::now()),
+        };
+        Ok(pb::SetDesiredResponse {
+            generation: result.generation,
+            fields: outcomes.iter().map(convert::outcome).collect(),
+            replayed: result.replayed,
+        })
+    }
+
+    fn ttl(&self, req: &pb::SetDesiredRequest) -> Result<Option<Duration>, ApiError> {
+        match (&req.ttl, req.no_expiry) {
+            (Some(_), true) => Err(ApiError::InvalidArgument("ttl and no_expiry are exclusive".into())),
+            (None, true) => Ok(None),
+            (None, false) => Ok(Some(self.config.default_ttl)),
+            (Some(ttl), false) => {
+                let ttl = Duration::try_from(*ttl)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| ApiError::InvalidArgument("ttl must be positive".into()))?;
+                if ttl > self.config.max_ttl {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "ttl {ttl:?} exceeds the server's maximum {:?}; use no_expiry for a standing state",
+                        self.config.max_ttl
+                    )));
+                }
+                Ok(Some(ttl))
+            }
+        }
+    }
+
+    /// Waits until every field reached `level` or a final outcome. Dropping
+    /// the future (the caller cancelled) leaves nothing behind: the waiter is
+    /// a receiver and a gauge, both dropped with it.
+    async fn wait_for(
+        &self,
+        cell: &VehicleCell,
+        fields: &[(Arc<str>, u64)],
+        level: pb::WaitLevel,
+        budget: Duration,
+        generation: u64,
+    ) -> Result<Vec<FieldOutcome>, ApiError> {
+        let deadline = Instant::now() + budget;
+        let _waiter = Gauge::new(&self.hub.stats, |s| &s.waiters);
+        let mut changes = cell.subscribe();
+        loop {
+            let outcomes = cell.lock().record.outcomes(fields, SystemTime::now());
+            if outcomes.iter().all(|o| reached(o.status, level)) {
+                return Ok(outcomes);
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(ApiError::ShuttingDown(stored(generation)));
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(ApiError::DeadlineExceeded(format!(
+                        "{} not reached within the call's wait of {} ms; {}; fields: {}",
+                        level.as_str_name().trim_start_matches("WAIT_LEVEL_"),
+                        budget.as_millis(),
+                        stored(generation),
+                        summary(&outcomes),
+                    )));
+                }
+                () = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown(stored(generation))),
+            }
+        }
+    }
+
+    fn list(&self, req: pb::ListVehiclesRequest) -> Result<pb::ListVehiclesResponse, ApiError> {
+        if req.page_size > MAX_PAGE {
+            return Err(ApiError::InvalidArgument(format!("page_size must be at most {MAX_PAGE}")));
+        }
+        let size = if req.page_size == 0 { 100 } else { req.page_size as usize };
+        let after = if req.page_token.is_empty() {
+            String::new()
+        } else {
+            let id = req
+                .page_token
+                .strip_prefix(PAGE_TOKEN_PREFIX)
+                .filter(|id| validate_vehicle_id(id).is_ok())
+                .ok_or_else(|| ApiError::InvalidArgument("malformed page_token: pass next_page_token unchanged".into()))?;
+            id.to_string()
+        };
+        let online_only = req.online_only;
+        let cells = self.hub.page(&after, size + 1, |c| !online_only || c.lock().presence.online());
+        let more = cells.len() > size;
+        let vehicles: Vec<pb::VehicleSummary> = cells
+            .iter()
+            .take(size)
+            .map(|c| {
+                let inner = c.lock();
+                pb::VehicleSummary {
+                    vehicle_id: c.id.to_string(),
+                    presence: Some(convert::presence(&inner.presence, inner.snapshot_pending())),
+                    generation: inner.record.generation,
+                    observed_generation: inner.record.observed_generation,
+                    unapplied_fields: u32::try_from(inner.record.unapplied()).unwrap_or(u32::MAX),
+                }
+            })
+            .collect();
+        let next_page_token = match (more, vehicles.last()) {
+            (true, Some(last)) => format!("{PAGE_TOKEN_PREFIX}{}", last.vehicle_id),
+            _ => String::new(),
+        };
+        Ok(pb::ListVehiclesResponse { vehicles, next_page_token })
+    }
+
+    fn cancel(&self, req: pb::CancelDesiredRequest) -> Result<pb::CancelDesiredResponse, ApiError> {
+        let cell = self.known(&req.vehicle_id)?;
+        let paths: Vec<Arc<str>> = req
+            .paths
+            .iter()
+            .map(|p| self.hub.schema.leaf(p).map(|l| l.path().clone()))
+            .collect::<Result<_, _>>()?;
+        let now = SystemTime::now();
+        let (cancelled, _) = self.hub.update(&cell, |inner| {
+            let cancelled = inner.record.cancel((!paths.is_empty()).then_some(&paths[..]), now);
+            let changed = !cancelled.is_empty();
+            ((cancelled, inner.record.generation), Change { desired: changed, status: changed, ..Change::NONE })
+        });
+        Ok(pb::CancelDesiredResponse {
+            generation: cancelled.1,
+            cancelled: cancelled.0.iter().map(convert::outcome).collect(),
+        })
+    }
+}
+
+fn stored(generation: u64) -> String {
+    format!("the desired state stays stored at generation {generation}")
+}
+
+fn summary(outcomes: &[FieldOutcome]) -> String {
+    outcomes
+        .iter()
+        .map(|o| format!("{}={}", o.path, o.status.as_str_name().trim_start_matches("FIELD_STATUS_")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether a field's status satisfies a wait level.
+fn reached(status: FieldStatus, level: pb::WaitLevel) -> bool {
+    match level {
+        pb::WaitLevel::Delivered => status != FieldStatus::Pending,
+        pb::WaitLevel::Applied => is_final(status),
+        _ => true,
+    }
+}
+
+/// A stable fingerprint of what a write asks for (FNV-1a, stable across
+/// releases, unlike std's hasher), to refuse a different request reusing a key.
+fn fingerprint(fields: &[tether_proto::FieldValue], ttl: Option<Duration>, expected: Option<u64>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for f in fields {
+        eat(f.path.as_bytes());
+        eat(&[0]);
+        eat(&f.encoded);
+    }
+    eat(&ttl.map_or(u128::MAX, |d| d.as_nanos()).to_le_bytes());
+    eat(&expected.map_or([0xff; 9], |g| {
+        let mut b = [0; 9];
+        b[1..].copy_from_slice(&g.to_le_bytes());
+        b
+    }));
+    h
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+struct WatchState {
+    cell: Arc<VehicleCell>,
+    changes: tokio::sync::watch::Receiver<u64>,
+    last: Option<Versions>,
+    from_generation: u64,
+    shutdown: CancellationToken,
+    done: bool,
+    _gauge: Gauge,
+}
+
+#[tonic::async_trait]
+impl ControlService for ControlApi {
+    async fn set_desired(&self, req: Request<pb::SetDesiredRequest>) -> Result<Response<pb::SetDesiredResponse>, Status> {
+        Ok(Response::new(ControlApi::set_desired(self, req).await?))
+    }
+
+    async fn get_vehicle(&self, req: Request<pb::GetVehicleRequest>) -> Result<Response<pb::Vehicle>, Status> {
+        let cell = self.known(&req.get_ref().vehicle_id)?;
+        let view = convert::vehicle(&cell.id, &cell.lock(), SystemTime::now());
+        Ok(Response::new(view))
+    }
+
+    type WatchVehicleStream = BoxStream<pb::VehicleEvent>;
+
+    async fn watch_vehicle(
+        &self,
+        req: Request<pb::WatchVehicleRequest>,
+    ) -> Result<Response<Self::WatchVehicleStream>, Status> {
+        let req = req.into_inner();
+        let cell = self.known(&req.vehicle_id)?;
+        let mut changes = cell.subscribe();
+        changes.mark_unchanged();
+        let state = WatchState {
+            cell,
+            changes,
+            last: None,
+            from_generation: req.from_generation,
+            shutdown: self.shutdown.clone(),
+            done: false,
+            _gauge: Gauge::new(&self.hub.stats, |s| &s.watchers),
+        };
+        // No task per watcher: the stream is polled only when the transport
+        // can send, so a slow watcher gets the latest view, never a backlog.
+        let stream = futures::stream::unfold(state, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            if st.last.is_some() {
+                tokio::select! {
+                    changed = st.changes.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                    }
+                    () = st.shutdown.cancelled() => {
+                        st.done = true;
+                        let status = Status::unavailable("tetherd is shutting down; resume the watch from your last generation");
+                        return Some((Err(status), st));
+                    }
+                }
+            }
+            let (event, versions) = {
+                let inner = st.cell.lock();
+                let view = convert::vehicle(&st.cell.id, &inner, SystemTime::now());
+                (view, inner.versions)
+            };
+            let changes = change_kinds(st.last, versions);
+            let resumed = st.last.is_none() && st.from_generation != 0 && st.from_generation == event.generation;
+            st.last = Some(versions);
+            let event = pb::VehicleEvent { vehicle: Some(event), changes, resumed };
+            Some((Ok(event), st))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_vehicles(
+        &self,
+        req: Request<pb::ListVehiclesRequest>,
+    ) -> Result<Response<pb::ListVehiclesResponse>, Status> {
+        Ok(Response::new(self.list(req.into_inner())?))
+    }
+
+    async fn cancel_desired(
+        &self,
+        req: Request<pb::CancelDesiredRequest>,
+    ) -> Result<Response<pb::CancelDesiredResponse>, Status> {
+        Ok(Response::new(self.cancel(req.into_inner())?))
+    }
+}
+
+fn change_kinds(last: Option<Versions>, now: Versions) -> Vec<i32> {
+    use pb::ChangeKind as K;
+    let all = [K::Desired, K::Actual, K::FieldStatus, K::Presence];
+    let Some(last) = last else { return all.iter().map(|k| *k as i32).collect() };
+    let diffs = [now.desired != last.desired, now.actual != last.actual, now.status != last.status, now.presence != last.presence];
+    all.iter().zip(diffs).filter(|(_, d)| *d).map(|(k, _)| *k as i32).collect()
+}

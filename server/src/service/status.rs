@@ -1,0 +1,61 @@
+//! Every error a caller can cause, and its gRPC status: the one place where
+//! domain errors become `tonic::Status`. Messages say what the caller did
+//! wrong and never leak internals.
+
+use tether_proto::FieldError;
+use tonic::{Code, Status};
+
+use crate::core::WriteError;
+use crate::store::StoreError;
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A malformed vehicle id.
+    #[error("invalid vehicle id {0:?}: use 1 to 64 characters of [A-Za-z0-9._:-], starting with a letter or digit")]
+    InvalidVehicleId(String),
+    /// Any other malformed argument.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A state field that is malformed, unknown or out of its rules.
+    #[error("invalid state: {0}")]
+    Field(#[from] FieldError),
+    /// A write refused by the command semantics.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The vehicle is unknown.
+    #[error("vehicle {0:?} is unknown: it has never connected nor been written to")]
+    NotFound(String),
+    /// `require_online` and the vehicle is offline.
+    #[error("vehicle {0:?} is offline (require_online was set); nothing was changed")]
+    Offline(String),
+    /// The wait level was not reached in time; the state stays stored.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The node is shutting down.
+    #[error("tetherd is shutting down; {0}")]
+    ShuttingDown(String),
+    /// Storage failed; details are logged, not returned.
+    #[error("storage is unavailable; retry with the same idempotency key")]
+    Store(#[from] StoreError),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let code = match &e {
+            ApiError::InvalidVehicleId(_) | ApiError::InvalidArgument(_) | ApiError::Field(_) => {
+                Code::InvalidArgument
+            }
+            ApiError::Write(WriteError::KeyReused { .. }) => Code::AlreadyExists,
+            ApiError::Write(WriteError::GenerationMismatch { .. }) => Code::Aborted,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Offline(_) | ApiError::ShuttingDown(_) => Code::Unavailable,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::Store(inner) => {
+                tracing::error!(error = %inner, "storage failure");
+                Code::Unavailable
+            }
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,335 @@
+//! `tether.vehicle.v1.VehicleService`: one session per vehicle stream, run by
+//! one task.
+//!
+//! Flow control is the heart of it: a snapshot of the *current* desired
+//! state is built only when the vehicle has acknowledged the previous one, so
+//! at most one snapshot is ever in flight per vehicle. A vehicle that stops
+//! reading costs one snapshot, and on resume receives the latest state, never
+//! a backlog.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rand::Rng;
+use tether_proto::StateSchema;
+use tether_proto::vehicle::v1::vehicle_service_server::VehicleService;
+use tether_proto::vehicle::v1::{
+    self as pb, DesiredState, FieldMeta, GoodbyeReason, ServerMessage, VehicleMessage, server_message, vehicle_message,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use super::convert::ts;
+use super::validate_vehicle_id;
+use crate::config::Config;
+use crate::core::{FieldReport, FieldStatus};
+use crate::hub::{Change, Hub, VehicleCell};
+use crate::stats::{self, Gauge};
+
+/// Outbound messages buffered per session: a snapshot (only after the
+/// previous one was acknowledged), heartbeats (dropped when full) and a goodbye.
+const OUTBOUND: usize = 4;
+
+type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+
+/// The vehicle-facing service.
+#[derive(Clone)]
+pub struct VehicleApi {
+    hub: Arc<Hub>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl VehicleApi {
+    /// A service over `hub`; sessions run on `tasks` and say goodbye at `shutdown`.
+    pub fn new(hub: Arc<Hub>, config: Arc<Config>, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
+        VehicleApi { hub, config, shutdown, tasks }
+    }
+}
+
+#[tonic::async_trait]
+impl VehicleService for VehicleApi {
+    type ConnectStream = ReceiverStream<Result<ServerMessage, Status>>;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<VehicleMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let (tx, rx) = mpsc::channel(OUTBOUND);
+        let session = Session { api: self.clone() };
+        self.tasks.spawn(session.run(req.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Session {
+    api: VehicleApi,
+}
+
+/// How a session ends.
+enum End {
+    /// Say goodbye, then close.
+    Goodbye(GoodbyeReason, String),
+    /// End the stream with an error status.
+    Error(Status),
+    /// The vehicle left; nothing to say.
+    Quiet,
+}
+
+fn protocol(msg: impl Into<String>) -> End {
+    End::Error(Status::invalid_argument(msg.into()))
+}
+
+/// The status to end a stream with when its inbound side failed.
+fn inbound_error(status: Status) -> End {
+    match status.code() {
+        Code::Cancelled => End::Quiet,
+        Code::OutOfRange => End::Error(Status::resource_exhausted(status.message().to_string())),
+        Code::Internal | Code::Unknown | Code::InvalidArgument | Code::DataLoss => End::Error(
+            Status::invalid_argument(format!("malformed message on the stream: {}", status.message())),
+        ),
+        _ => End::Quiet,
+    }
+}
+
+impl Session {
+    async fn run(self, mut inbound: Streaming<VehicleMessage>, tx: Outbound) {
+        let hub = &self.api.hub;
+        let config = &self.api.config;
+        let hello = match tokio::time::timeout(config.handshake_timeout, inbound.message()).await {
+            Err(_) => {
+                let msg = format!("no Hello within {:?}", config.handshake_timeout);
+                let _ = tx.send(Err(Status::deadline_exceeded(msg))).await;
+                return;
+            }
+            Ok(Err(status)) => {
+                if let End::Error(status) = inbound_error(status) {
+                    let _ = tx.send(Err(status)).await;
+                }
+                return;
+            }
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }))) => hello,
+            Ok(Ok(Some(_))) => {
+                let _ = tx.send(Err(Status::invalid_argument("the first message of a session must be Hello"))).await;
+                return;
+            }
+        };
+        if let Err(e) = validate_vehicle_id(&hello.vehicle_id) {
+            let _ = tx.send(Err(e.into())).await;
+            return;
+        }
+        let actual = match hub.schema.split(hello.actual.as_ref().map_or(&[][..], |a| a.as_bytes())) {
+            Ok(actual) => actual,
+            Err(e) => {
+                let _ = tx.send(Err(Status::invalid_argument(format!("Hello.actual: {e}")))).await;
+                return;
+            }
+        };
+        let cell = hub.get_or_create(&hello.vehicle_id);
+        let last_applied = hello.last_applied_generation;
+        let (session_id, kicked) = hub.open_session(&cell, &hello.agent_version, SystemTime::now(), |inner| {
+            inner.record.hello(last_applied, actual);
+            inner.presence.sent_generation = last_applied;
+            Change { actual: true, status: true, ..Change::NONE }
+        });
+        let _gauge = Gauge::new(&hub.stats, |s| &s.sessions);
+        stats::bump(&hub.stats.sessions_opened);
+        let span = tracing::info_span!("session", vehicle = %cell.id, session = session_id);
+        async {
+            tracing::info!(agent = %hello.agent_version, last_applied, "session opened");
+            let end = self.serve(&cell, session_id, kicked, &mut inbound, &tx).await;
+            match end {
+                End::Goodbye(reason, message) => {
+                    tracing::info!(reason = reason.as_str_name(), %message, "session closed");
+                    let reconnect_after = (reason == GoodbyeReason::ShuttingDown).then(|| {
+                        let hint = config.reconnect_hint;
+                        let jitter = rand::rng().random_range(0.0..1.0);
+                        prost_types::Duration::try_from(hint + hint.mul_f64(jitter)).unwrap_or_default()
+                    });
+                    let goodbye = pb::Goodbye { reason: reason as i32, message, reconnect_after };
+                    let msg = ServerMessage { kind: Some(server_message::Kind::Goodbye(goodbye)) };
+                    let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(Ok(msg))).await;
+                }
+                End::Error(status) => {
+                    tracing::info!(code = ?status.code(), message = status.message(), "session ended with an error");
+                    let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(Err(status))).await;
+                }
+                End::Quiet => tracing::info!("session closed by the vehicle"),
+            }
+            hub.close_session(&cell, session_id, SystemTime::now());
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn serve(
+        &self,
+        cell: &VehicleCell,
+        session_id: u64,
+        mut kicked: tokio::sync::oneshot::Receiver<crate::hub::Kick>,
+        inbound: &mut Streaming<VehicleMessage>,
+        tx: &Outbound,
+    ) -> End {
+        let config = &self.api.config;
+        let welcome = pb::Welcome {
+            session_id,
+            heartbeat_interval: prost_types::Duration::try_from(config.heartbeat_interval).ok(),
+            heartbeat_misses: config.heartbeat_misses,
+            server_time: Some(ts(SystemTime::now())),
+            desired_generation: cell.lock().record.generation,
+        };
+        if tx.send(Ok(ServerMessage { kind: Some(server_message::Kind::Welcome(welcome)) })).await.is_err() {
+            return End::Quiet;
+        }
+        let mut changes = cell.subscribe();
+        let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let silence_limit = config.heartbeat_interval * config.heartbeat_misses;
+        let mut last_heard = Instant::now();
+        let mut sequence = 0u64;
+        loop {
+            self.send_snapshot_if_due(cell, session_id, tx);
+            tokio::select! {
+                // Shutdown and supersede come first: a goodbye beats more traffic.
+                biased;
+                () = self.api.shutdown.cancelled() => {
+                    return End::Goodbye(GoodbyeReason::ShuttingDown, "tetherd is shutting down".into());
+                }
+                kick = &mut kicked => {
+                    return match kick {
+                        Ok(kick) => End::Goodbye(kick.reason, kick.message),
+                        Err(_) => End::Quiet,
+                    };
+                }
+                () = tx.closed() => return End::Quiet,
+                msg = inbound.message() => match msg {
+                    Ok(Some(msg)) => {
+                        last_heard = Instant::now();
+                        if let Err(end) = self.handle(cell, session_id, msg) {
+                            return end;
+                        }
+                    }
+                    Ok(None) => return End::Quiet,
+                    Err(status) => return inbound_error(status),
+                },
+                _ = changes.changed() => {}
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= silence_limit {
+                        stats::bump(&self.api.hub.stats.sessions_timed_out);
+                        return End::Goodbye(
+                            GoodbyeReason::HeartbeatTimeout,
+                            format!("nothing heard for {silence_limit:?} ({} heartbeats)", config.heartbeat_misses),
+                        );
+                    }
+                    sequence += 1;
+                    let beat = pb::Heartbeat { sequence, sent_at: Some(ts(SystemTime::now())), answers: 0 };
+                    // A full buffer means the vehicle is not reading: skip the beat.
+                    let _ = tx.try_send(Ok(ServerMessage { kind: Some(server_message::Kind::Heartbeat(beat)) }));
+                }
+            }
+        }
+    }
+
+    /// Builds and sends the current desired state if it changed since the
+    /// last snapshot and that one was acknowledged.
+    fn send_snapshot_if_due(&self, cell: &VehicleCell, session_id: u64, tx: &Outbound) {
+        let now = SystemTime::now();
+        let (snapshot, _) = self.api.hub.update(cell, |inner| {
+            let p = &inner.presence;
+            let due = p.live.as_ref().is_some_and(|s| s.id == session_id)
+                && p.unacked.is_none()
+                && inner.record.generation > p.sent_generation
+                && tx.capacity() > 0;
+            if !due {
+                return (None, Change::NONE);
+            }
+            let expired = inner.record.expire(now);
+            let snapshot = inner.record.snapshot(now);
+            let p = &mut inner.presence;
+            p.sent_generation = snapshot.generation;
+            p.unacked = Some(snapshot.generation);
+            p.snapshots_sent += 1;
+            (Some(snapshot), Change { status: expired, ..Change::NONE })
+        });
+        let Some(snapshot) = snapshot else { return };
+        let desired = DesiredState {
+            generation: snapshot.generation,
+            state: Some(StateSchema::join(snapshot.fields.iter().map(|f| &f.encoded))),
+            fields: snapshot
+                .fields
+                .iter()
+                .map(|f| FieldMeta {
+                    path: f.path.to_string(),
+                    generation: f.generation,
+                    expires_at: f.expires_at.map(ts),
+                    traceparent: f.traceparent.clone(),
+                })
+                .collect(),
+            server_time: Some(ts(now)),
+        };
+        tracing::debug!(generation = snapshot.generation, fields = snapshot.fields.len(), "snapshot sent");
+        // Capacity was checked under the lock and this task is the only sender
+        // of snapshots, so this cannot fail for lack of room.
+        let _ = tx.try_send(Ok(ServerMessage { kind: Some(server_message::Kind::Desired(desired)) }));
+    }
+
+    fn handle(&self, cell: &VehicleCell, session_id: u64, msg: VehicleMessage) -> Result<(), End> {
+        let hub = &self.api.hub;
+        let now = SystemTime::now();
+        let kind = msg.kind.ok_or_else(|| protocol("empty VehicleMessage"))?;
+        match kind {
+            vehicle_message::Kind::Hello(_) => return Err(protocol("Hello may only be the first message")),
+            vehicle_message::Kind::Heartbeat(_) => {
+                cell.lock().presence.last_seen = Some(now);
+            }
+            vehicle_message::Kind::Ack(ack) => {
+                hub.update(cell, |inner| {
+                    inner.presence.last_seen = Some(now);
+                    if inner.presence.live.as_ref().is_none_or(|s| s.id != session_id) {
+                        return ((), Change::NONE);
+                    }
+                    if inner.presence.unacked == Some(ack.generation) {
+                        inner.presence.unacked = None;
+                    }
+                    let changed = inner.record.acknowledge(ack.generation.min(inner.presence.sent_generation));
+                    ((), Change { status: changed, ..Change::NONE })
+                });
+            }
+            vehicle_message::Kind::Report(report) => {
+                let actual = hub
+                    .schema
+                    .split(report.actual.as_ref().map_or(&[][..], |a| a.as_bytes()))
+                    .map_err(|e| protocol(format!("Report.actual: {e}")))?;
+                let mut results = Vec::with_capacity(report.results.len());
+                for r in report.results {
+                    let Ok(leaf) = hub.schema.leaf(&r.path) else {
+                        tracing::warn!(path = %r.path, "report about an unknown field path ignored");
+                        continue;
+                    };
+                    let status = FieldStatus::try_from(r.status).unwrap_or(FieldStatus::Unspecified);
+                    results.push(FieldReport {
+                        path: leaf.path().clone(),
+                        generation: r.generation,
+                        status,
+                        reason: r.reason,
+                        message: r.message,
+                    });
+                }
+                hub.update(cell, |inner| {
+                    inner.presence.last_seen = Some(now);
+                    let had_actual = !actual.is_empty();
+                    let changed = inner.record.report(report.observed_generation, actual, results);
+                    ((), Change { actual: had_actual, status: changed, ..Change::NONE })
+                });
+            }
+        }
+        Ok(())
+    }
+}

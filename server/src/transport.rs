@@ -1,0 +1,220 @@
+//! The transport: our own accept loop and HTTP/2 connections (hyper), instead
+//! of tonic's `Server`, for four reasons:
+//! - at the open-files limit (EMFILE) tonic's accept loop retries at once and
+//!   spins a core; ours backs off;
+//! - a connection cap with a clear refusal (UNAVAILABLE with a message);
+//! - every HTTP/2 setting is ours to choose (see [`http2_builder`]);
+//! - tonic's server-side `grpc-timeout` layer would end a waiting call as
+//!   CANCELLED; tetherd reads the deadline itself and answers
+//!   DEADLINE_EXCEEDED with the state still stored.
+//!
+//! Every connection and every request runs on the server's `TaskTracker`, so
+//! the task count is observable and shutdown can wait for all of them.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::body::Body;
+use tower::Service;
+
+use crate::config::Config;
+use crate::stats::{self, Gauge, Stats};
+
+/// Runs hyper's per-request futures on the server's task tracker.
+#[derive(Clone)]
+pub struct TrackedExecutor(pub TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+/// The HTTP/2 settings of every connection. Chosen, not inherited:
+/// - keepalive PINGs detect peers that vanished without a FIN (a car in a
+///   tunnel): interval and timeout from the config (30 s / 10 s);
+/// - a 64 KiB stream window fits the largest message; the 1 MiB connection
+///   window lets many vehicle streams share a connection;
+/// - at most 1,000 concurrent streams per connection;
+/// - local-error resets are capped (hyper's `None` would disable h2's guard);
+/// - a 64 KiB send buffer per stream bounds memory held for slow readers.
+pub fn http2_builder(config: &Config, tasks: &TaskTracker) -> hyper::server::conn::http2::Builder<TrackedExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TrackedExecutor(tasks.clone()));
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(config.h2_keepalive_interval)
+        .keep_alive_timeout(config.h2_keepalive_timeout)
+        .initial_stream_window_size(config.h2_stream_window)
+        .initial_connection_window_size(config.h2_connection_window)
+        .max_concurrent_streams(config.h2_max_concurrent_streams)
+        .max_local_error_reset_streams(Some(config.h2_max_local_error_resets))
+        .max_pending_accept_reset_streams(Some(20))
+        .max_send_buf_size(64 * 1024)
+        .max_header_list_size(16 * 1024);
+    b
+}
+
+/// Whether an accept error means the process is out of a resource (files,
+/// memory, buffers): retrying at once would spin.
+fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+fn configure_socket(stream: &TcpStream, config: &Config) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(config.tcp_keepalive)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+}
+
+/// Accepts connections until `shutdown`, serving each with `service`.
+pub async fn accept_loop<S>(
+    listener: TcpListener,
+    service: S,
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = Arc::new(http2_builder(&config, &tasks));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            // Stop accepting first; open connections drain separately.
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(ok) => {
+                backoff = Duration::from_millis(10);
+                ok
+            }
+            Err(e) if is_exhaustion(&e) => {
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept: out of resources; backing off");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => {
+                // ECONNABORTED and friends concern one peer only.
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        configure_socket(&stream, &config);
+        let at_cap = stats::get(&stats.connections) as usize >= config.max_connections;
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        let grace = config.shutdown_grace;
+        if at_cap {
+            stats::bump(&stats.connections_refused);
+            let limit = config.max_connections;
+            tasks.spawn(refuse(stream, peer, limit, builder));
+            continue;
+        }
+        let gauge = Gauge::new(&stats, |s| &s.connections);
+        let service = service.clone();
+        tasks.spawn(async move {
+            let _gauge = gauge;
+            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    // GOAWAY: no new streams; in-flight ones get the grace period.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(grace, conn).await;
+                }
+            }
+        });
+    }
+}
+
+/// Serves an over-cap connection just long enough to tell the client why.
+async fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    limit: usize,
+    builder: Arc<hyper::server::conn::http2::Builder<TrackedExecutor>>,
+) {
+    tracing::warn!(%peer, limit, "refusing a connection: at the connection limit");
+    let refuser = tower::service_fn(move |_req: Request<Incoming>| async move {
+        let status = tonic::Status::unavailable(format!(
+            "tetherd is at its connection limit ({limit}); retry later or connect to another node"
+        ));
+        Ok::<_, Infallible>(status.into_http::<Body>())
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(refuser));
+    tokio::pin!(conn);
+    if tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await.is_err() {
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+    }
+}
+
+/// Wraps the gRPC routes so an oversized request is RESOURCE_EXHAUSTED (as
+/// the gRPC spec says) rather than tonic's OUT_OF_RANGE.
+#[derive(Clone)]
+pub struct OversizeAsResourceExhausted<S>(pub S);
+
+impl<S, B> Service<Request<B>> for OversizeAsResourceExhausted<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let mut response = fut.await?;
+            let headers = response.headers_mut();
+            let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
+                && headers
+                    .get("grpc-message")
+                    .and_then(|m| m.to_str().ok())
+                    .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+            if oversized {
+                headers.insert("grpc-status", HeaderValue::from_static("8"));
+            }
+            Ok(response)
+        })
+    }
+}
