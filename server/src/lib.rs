@@ -7,6 +7,7 @@
 //! mapping in one place), [`transport`] (accept loop and HTTP/2), [`server`]
 //! (assembly and graceful shutdown).
 
+pub mod command;
 pub mod config;
 pub mod core;
 pub mod hub;

@@ -1,0 +1,250 @@
+//! Support for tether's end-to-end tests: a real tetherd on 127.0.0.1:0 (in
+//! process or as a child process), raw protocol clients, and bounded waits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tether_proto::RawState;
+use tether_proto::admin::v1::admin_service_client::AdminServiceClient;
+use tether_proto::admin::v1::{GetServerStatsRequest, ServerStats};
+use tether_proto::app::v1::control_service_client::ControlServiceClient;
+use tether_proto::vehicle::v1::vehicle_service_client::VehicleServiceClient;
+use tether_proto::vehicle::v1::{
+    Ack, Heartbeat, Hello, ServerMessage, VehicleMessage, Welcome, server_message, vehicle_message,
+};
+use tetherd::{Config, ServerHandle};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+/// The bound every wait in the tests uses unless it says otherwise.
+pub const BOUND: Duration = Duration::from_secs(10);
+
+/// Polls `check` until it yields `Some`, at most `bound`; panics naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {bound:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A tetherd running in this process on 127.0.0.1:0 with its own data dir.
+pub struct TestServer {
+    handle: Option<ServerHandle>,
+    /// The bound address.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts with the test defaults (fast heartbeats).
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test defaults changed by `f`.
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::for_tests(dir.path().join("data"));
+        f(&mut config);
+        let handle = tetherd::start(config).await.expect("tetherd starts");
+        let addr = handle.local_addr();
+        TestServer { handle: Some(handle), addr, dir }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The server's scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The node's counts, read in process.
+    pub fn stats(&self) -> ServerStats {
+        self.handle.as_ref().expect("running").stats()
+    }
+
+    /// A new connection to the server.
+    pub async fn channel(&self) -> Channel {
+        channel(&self.url()).await
+    }
+
+    /// A raw app client on a new connection.
+    pub async fn app(&self) -> ControlServiceClient<Channel> {
+        ControlServiceClient::new(self.channel().await)
+    }
+
+    /// Graceful shutdown.
+    pub async fn shutdown(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            // Tests that do not shut down explicitly still stop the node.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(h.shutdown());
+            }
+        }
+    }
+}
+
+/// Connects to `url`.
+pub async fn channel(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_string())
+        .expect("valid url")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connects")
+}
+
+/// Node counts over gRPC.
+pub async fn server_stats(channel: Channel) -> ServerStats {
+    AdminServiceClient::new(channel).get_server_stats(GetServerStatsRequest {}).await.expect("stats").into_inner()
+}
+
+/// A vehicle speaking the protocol by hand, for tests that need to misbehave
+/// (stop reading, go silent, impersonate).
+pub struct RawVehicle {
+    /// Messages to the server.
+    pub tx: mpsc::Sender<VehicleMessage>,
+    /// Messages from the server.
+    pub rx: Streaming<ServerMessage>,
+}
+
+impl RawVehicle {
+    /// Opens a stream and sends Hello; does not wait for Welcome.
+    pub async fn open(channel: Channel, hello: Hello) -> Result<Self, tonic::Status> {
+        let (tx, out) = mpsc::channel(16);
+        tx.send(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }).await.expect("room");
+        let rx = VehicleServiceClient::new(channel).connect(ReceiverStream::new(out)).await?.into_inner();
+        Ok(RawVehicle { tx, rx })
+    }
+
+    /// Opens a session for `id` and waits for Welcome.
+    pub async fn connect(channel: Channel, id: &str, last_applied: u64) -> (Self, Welcome) {
+        let hello = Hello {
+            vehicle_id: id.into(),
+            agent_version: "raw-test".into(),
+            last_applied_generation: last_applied,
+            actual: Some(RawState::default()),
+        };
+        let mut v = Self::open(channel, hello).await.expect("stream opens");
+        match v.next().await {
+            Some(server_message::Kind::Welcome(w)) => (v, w),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// The next server message (None when the stream ended), bounded by [`BOUND`].
+    pub async fn next(&mut self) -> Option<server_message::Kind> {
+        match tokio::time::timeout(BOUND, self.rx.message()).await {
+            Ok(Ok(Some(m))) => m.kind,
+            Ok(Ok(None)) => None,
+            Ok(Err(status)) => panic!("stream failed: {status:?}"),
+            Err(_) => panic!("no server message within {BOUND:?}"),
+        }
+    }
+
+    /// The next message that is not a heartbeat.
+    pub async fn next_non_heartbeat(&mut self) -> Option<server_message::Kind> {
+        loop {
+            match self.next().await {
+                Some(server_message::Kind::Heartbeat(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends a message.
+    pub async fn send(&self, kind: vehicle_message::Kind) {
+        self.tx.send(VehicleMessage { kind: Some(kind) }).await.expect("stream open");
+    }
+
+    /// Acknowledges a snapshot.
+    pub async fn ack(&self, generation: u64) {
+        self.send(vehicle_message::Kind::Ack(Ack { generation })).await;
+    }
+
+    /// Sends a heartbeat.
+    pub async fn heartbeat(&self, sequence: u64) {
+        self.send(vehicle_message::Kind::Heartbeat(Heartbeat { sequence, sent_at: None, answers: 0 })).await;
+    }
+}
+
+/// tetherd as a child process (the real command), for crash tests.
+pub struct ChildServer {
+    child: tokio::process::Child,
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts `binary` serving on 127.0.0.1:0 with data in `data_dir`, and
+    /// waits for its "listening on" line.
+    pub async fn start(binary: &Path, data_dir: &Path) -> Self {
+        let mut child = tokio::process::Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tetherd starts");
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = tokio::time::timeout(BOUND, async {
+            while let Some(line) = lines.next_line().await.expect("reads stderr") {
+                if let Some(rest) = line.strip_prefix("tetherd: listening on ") {
+                    let addr = rest.split_whitespace().next().expect("an address");
+                    return addr.parse::<SocketAddr>().expect("a socket address");
+                }
+            }
+            panic!("tetherd exited before listening");
+        })
+        .await
+        .expect("tetherd listens in time");
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ChildServer { child, addr }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub async fn kill_9(mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+

@@ -1,0 +1,100 @@
+//! Sessions: supersede, heartbeat loss, and task hygiene at 1,000 sessions.
+
+use std::time::Duration;
+
+use tether_proto::app::v1::GetVehicleRequest;
+use tether_proto::vehicle::v1::{GoodbyeReason, server_message};
+use tether_tests::{BOUND, RawVehicle, TestServer, eventually};
+
+#[tokio::test]
+async fn a_second_connection_supersedes_the_first_which_never_comes_back() {
+    let server = TestServer::start().await;
+    let (mut first, w1) = RawVehicle::connect(server.channel().await, "car-s", 0).await;
+    let (mut second, w2) = RawVehicle::connect(server.channel().await, "car-s", 0).await;
+    assert!(w2.session_id > w1.session_id, "session ids increase");
+
+    match first.next_non_heartbeat().await {
+        Some(server_message::Kind::Goodbye(g)) => {
+            assert_eq!(g.reason, GoodbyeReason::Superseded as i32);
+            assert!(g.message.contains("superseded"), "{}", g.message);
+        }
+        other => panic!("expected a goodbye, got {other:?}"),
+    }
+    assert!(first.next_non_heartbeat().await.is_none(), "the old stream is closed");
+
+    let app = server.app().await;
+    let presence = || async {
+        let v = app.clone().get_vehicle(GetVehicleRequest { vehicle_id: "car-s".into() }).await.unwrap().into_inner();
+        v.presence.unwrap()
+    };
+    let p = presence().await;
+    assert!(p.online);
+    assert_eq!(p.session_id, w2.session_id);
+    // The old session's end never flips presence back.
+    drop(first);
+    second.heartbeat(1).await;
+    assert!(matches!(second.next().await, Some(server_message::Kind::Heartbeat(_))));
+    let p = presence().await;
+    assert!(p.online);
+    assert_eq!(p.session_id, w2.session_id);
+    assert_eq!(server.stats().sessions, 1);
+    assert_eq!(server.stats().sessions_superseded, 1);
+}
+
+#[tokio::test]
+async fn a_silent_vehicle_is_closed_within_interval_times_misses_and_freed() {
+    // 200 ms x 3 misses.
+    let server = TestServer::start().await;
+    let idle_tasks = server.stats().tasks;
+    let (mut silent, _) = RawVehicle::connect(server.channel().await, "car-quiet", 0).await;
+    assert_eq!(server.stats().sessions, 1);
+    let started = std::time::Instant::now();
+    let goodbye = loop {
+        match silent.next().await {
+            Some(server_message::Kind::Heartbeat(_)) => continue,
+            Some(server_message::Kind::Goodbye(g)) => break g,
+            other => panic!("expected a goodbye, got {other:?}"),
+        }
+    };
+    let took = started.elapsed();
+    assert_eq!(goodbye.reason, GoodbyeReason::HeartbeatTimeout as i32);
+    // 600 ms of silence, checked on 200 ms ticks: closed by the 4th tick.
+    assert!(took >= Duration::from_millis(550) && took < Duration::from_millis(1500), "closed after {took:?}");
+    eventually("session freed", BOUND, || async { (server.stats().sessions == 0).then_some(()) }).await;
+    assert_eq!(server.stats().sessions_timed_out, 1);
+    drop(silent);
+    eventually("tasks back to idle", BOUND, || async { (server.stats().tasks <= idle_tasks).then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn a_thousand_vehicles_connect_and_disconnect_and_counts_return_to_idle() {
+    let server = TestServer::start_with(|c| c.heartbeat_interval = Duration::from_secs(5)).await;
+    let idle = server.stats();
+    // 10 connections x 100 streams, as a gateway would multiplex them.
+    let mut channels = Vec::new();
+    for _ in 0..10 {
+        channels.push(server.channel().await);
+    }
+    let mut vehicles = Vec::new();
+    for i in 0..1000 {
+        let ch = channels[i % channels.len()].clone();
+        vehicles.push(tokio::spawn(async move { RawVehicle::connect(ch, &format!("fleet-{i:04}"), 0).await.0 }));
+    }
+    let mut connected = Vec::new();
+    for v in vehicles {
+        connected.push(v.await.unwrap());
+    }
+    let busy = server.stats();
+    assert_eq!(busy.sessions, 1000);
+    assert!(busy.tasks >= idle.tasks + 1000, "one task per session at least: {busy:?}");
+    drop(connected);
+    drop(channels);
+    let stats = eventually("sessions, connections and tasks back to idle", BOUND, || async {
+        let s = server.stats();
+        (s.sessions == 0 && s.connections == 0 && s.tasks <= idle.tasks).then_some(s)
+    })
+    .await;
+    assert_eq!(stats.waiters, 0);
+    assert_eq!(stats.watchers, 0);
+    assert_eq!(stats.sessions_opened, 1000);
+}
