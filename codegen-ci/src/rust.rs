@@ -31,10 +31,7 @@ pub(crate) fn compile(root: &Path) -> Result<protox::Compiler> {
     let proto = root.join("proto");
     let mut compiler = protox::Compiler::new([&proto])?;
     compiler.include_imports(true).include_source_info(true);
-    compiler
-        .open_files(PROTO_FILES)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("compiling proto/")?;
+    compiler.open_files(PROTO_FILES).map_err(|e| anyhow::anyhow!("{e}")).context("compiling proto/")?;
     Ok(compiler)
 }
 

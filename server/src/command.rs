@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use crate::Config;
+use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// Runs tetherd as a command (the `tetherd` binary is this function).

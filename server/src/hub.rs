@@ -5,8 +5,8 @@
 //! is a short critical section that mutates, enqueues the save (so saves
 //! reach the store in the order of changes) and signals.
 
-use std::collections::{BTreeMap, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
@@ -15,8 +15,8 @@ use tether_proto::StateSchema;
 use tokio::sync::{oneshot, watch};
 
 use crate::core::{KeyLimits, VehicleRecord};
-use crate::store::{Durable, Store, StoreError, decode_record, encode_record};
 use crate::stats::Stats;
+use crate::store::{Durable, Store, StoreError, decode_record, encode_record};
 use tether_proto::vehicle::v1::GoodbyeReason;
 
 /// What a change touched; drives saving and watch events.
@@ -152,6 +152,9 @@ impl VehicleCell {
     }
 }
 
+/// Vehicles by their earliest pending expiry, soonest first.
+type ExpiryQueue = BinaryHeap<Reverse<(SystemTime, Arc<str>)>>;
+
 /// All vehicles of the node, with the store and the shared settings.
 pub struct Hub {
     vehicles: RwLock<BTreeMap<Arc<str>, Arc<VehicleCell>>>,
@@ -162,7 +165,7 @@ pub struct Hub {
     pub key_limits: KeyLimits,
     /// Live counters.
     pub stats: Arc<Stats>,
-    expiries: Mutex<BinaryHeap<Reverse<(SystemTime, Arc<str>)>>>,
+    expiries: Mutex<ExpiryQueue>,
     next_session: AtomicU64,
 }
 

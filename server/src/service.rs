@@ -20,11 +20,7 @@ pub fn validate_vehicle_id(id: &str) -> Result<(), ApiError> {
         && id.len() <= 64
         && id.as_bytes()[0].is_ascii_alphanumeric()
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidVehicleId(id.chars().take(80).collect()))
-    }
+    if ok { Ok(()) } else { Err(ApiError::InvalidVehicleId(id.chars().take(80).collect())) }
 }
 
 #[cfg(test)]

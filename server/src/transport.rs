@@ -79,10 +79,8 @@ fn is_exhaustion(e: &io::Error) -> bool {
 
 fn configure_socket(stream: &TcpStream, config: &Config) {
     let _ = stream.set_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(config.tcp_keepalive)
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
+    let keepalive =
+        TcpKeepalive::new().with_time(config.tcp_keepalive).with_interval(Duration::from_secs(10)).with_retries(3);
     if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "could not set TCP keepalive");
     }

@@ -247,4 +247,3 @@ impl ChildServer {
         self.child.id()
     }
 }
-

@@ -16,8 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use prost::Message;
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor,
-    Value,
+    DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, Value,
 };
 
 /// Default bound of a momentary state's duration when its rule gives none.
@@ -157,9 +156,8 @@ impl StateSchema {
 
     /// A schema from a descriptor pool.
     pub fn from_pool(pool: &DescriptorPool, message: &str) -> Result<Self, SchemaError> {
-        let descriptor = pool
-            .get_message_by_name(message)
-            .ok_or_else(|| SchemaError::NoStateMessage(message.to_string()))?;
+        let descriptor =
+            pool.get_message_by_name(message).ok_or_else(|| SchemaError::NoStateMessage(message.to_string()))?;
         let rules_ext = pool.get_extension_by_name("tether.options.v1.rules");
         let mut leaves = BTreeMap::new();
         collect_leaves(&descriptor, &mut Vec::new(), rules_ext.as_ref(), &mut leaves);
@@ -185,8 +183,9 @@ impl StateSchema {
     /// occurrences merge) and returns its present leaves in path order. Fails
     /// on bytes that do not decode and on field numbers the schema lacks.
     pub fn split(&self, encoded: &[u8]) -> Result<Vec<FieldValue>, FieldError> {
-        let message = DynamicMessage::decode(self.message.clone(), encoded).map_err(|e| {
-            FieldError::Malformed { message: self.message.full_name().to_string(), reason: e.to_string() }
+        let message = DynamicMessage::decode(self.message.clone(), encoded).map_err(|e| FieldError::Malformed {
+            message: self.message.full_name().to_string(),
+            reason: e.to_string(),
         })?;
         let mut out = Vec::new();
         self.walk(&message, "", &mut Vec::new(), &mut out)?;
@@ -204,11 +203,7 @@ impl StateSchema {
             return Err(FieldError::UnknownField { parent: prefix.to_string(), number: unknown.number() });
         }
         for (field, value) in message.fields() {
-            let path = if prefix.is_empty() {
-                field.name().to_string()
-            } else {
-                format!("{prefix}.{}", field.name())
-            };
+            let path = if prefix.is_empty() { field.name().to_string() } else { format!("{prefix}.{}", field.name()) };
             chain.push(field.clone());
             match (is_leaf(&field), value) {
                 (false, Value::Message(inner)) => self.walk(inner, &path, chain, out)?,
@@ -264,8 +259,8 @@ impl StateSchema {
             }
         }
         if let Some(bound) = leaf.rules.momentary {
-            let until = timestamp_of(&field.value)
-                .ok_or_else(|| invalid("a momentary state needs a timestamp".into()))?;
+            let until =
+                timestamp_of(&field.value).ok_or_else(|| invalid("a momentary state needs a timestamp".into()))?;
             if until <= now {
                 return Err(invalid("a momentary state must end in the future".into()));
             }
@@ -453,26 +448,20 @@ mod tests {
             let fields = schema.split(&encode(&state)).unwrap();
             fields.iter().try_for_each(|f| schema.validate(f, now))
         };
-        let too_open = VehicleState {
-            windows: Some(Windows { sunroof: Some(101), ..Default::default() }),
-            ..Default::default()
-        };
+        let too_open =
+            VehicleState { windows: Some(Windows { sunroof: Some(101), ..Default::default() }), ..Default::default() };
         let err = check(too_open).unwrap_err().to_string();
         assert!(err.contains("windows.sunroof") && err.contains("maximum 100"), "{err}");
 
-        let unspecified = VehicleState {
-            doors: Some(Doors { lock: Some(LockState::Unspecified as i32) }),
-            ..Default::default()
-        };
+        let unspecified =
+            VehicleState { doors: Some(Doors { lock: Some(LockState::Unspecified as i32) }), ..Default::default() };
         assert!(check(unspecified).unwrap_err().to_string().contains("doors.lock"));
 
         let unknown_enum = VehicleState { doors: Some(Doors { lock: Some(9) }), ..Default::default() };
         assert!(check(unknown_enum).unwrap_err().to_string().contains("9 is not a value"));
 
         let horn_too_long = VehicleState {
-            horn: Some(Horn {
-                sound_until: Some(prost_types::Timestamp::from(now + Duration::from_secs(3600))),
-            }),
+            horn: Some(Horn { sound_until: Some(prost_types::Timestamp::from(now + Duration::from_secs(3600))) }),
             ..Default::default()
         };
         assert!(check(horn_too_long).unwrap_err().to_string().contains("at most 30s"));

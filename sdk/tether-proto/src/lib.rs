@@ -86,8 +86,7 @@ pub const CONTRACT_VERSION: &str = include_str!("../../../proto/VERSION");
 /// Never in practice: the embedded set is produced by protox and checked by
 /// this crate's tests.
 pub fn descriptor_pool() -> prost_reflect::DescriptorPool {
-    prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
-        .expect("the embedded descriptor set is valid")
+    prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("the embedded descriptor set is valid")
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@
 //! is exactly an embedded `VehicleState` message.
 
 use ::bytes::{Buf, BufMut, Bytes, BytesMut};
-use prost::encoding::{
-    DecodeContext, WireType, bytes, decode_varint, encode_key, encode_varint, fixed32, fixed64,
-};
+use prost::encoding::{DecodeContext, WireType, bytes, decode_varint, encode_key, encode_varint, fixed32, fixed64};
 use prost::{DecodeError, Message};
 
 use crate::state::v1::VehicleState;
@@ -124,10 +122,7 @@ mod tests {
     fn round_trips_inside_an_envelope_byte_for_byte() {
         let state = VehicleState {
             windows: Some(Windows { front_left: Some(40), ..Default::default() }),
-            climate: Some(Climate {
-                on: Some(true),
-                target_temperature_celsius: Some(21.5),
-            }),
+            climate: Some(Climate { on: Some(true), target_temperature_celsius: Some(21.5) }),
             ..Default::default()
         };
         let msg = VehicleMessage {

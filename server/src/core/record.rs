@@ -306,11 +306,7 @@ impl VehicleRecord {
 
     /// The earliest expiry of an undelivered field.
     pub fn next_expiry(&self) -> Option<SystemTime> {
-        self.desired
-            .values()
-            .filter(|f| f.status == FieldStatus::Pending)
-            .filter_map(|f| f.expires_at)
-            .min()
+        self.desired.values().filter(|f| f.status == FieldStatus::Pending).filter_map(|f| f.expires_at).min()
     }
 
     /// The complete current desired state: every live field. Expired fields
@@ -430,11 +426,7 @@ impl VehicleRecord {
 /// A field's status as of `now` (a pending field past its expiry is EXPIRED
 /// even before a sweep marks it).
 fn effective_status(field: &DesiredField, now: SystemTime) -> FieldStatus {
-    if field.status == FieldStatus::Pending && field.expired(now) {
-        FieldStatus::Expired
-    } else {
-        field.status
-    }
+    if field.status == FieldStatus::Pending && field.expired(now) { FieldStatus::Expired } else { field.status }
 }
 
 /// Whether writing `value` over `current` changes nothing: the same value is

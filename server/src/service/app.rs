@@ -197,7 +197,9 @@ impl ControlApi {
                 .page_token
                 .strip_prefix(PAGE_TOKEN_PREFIX)
                 .filter(|id| validate_vehicle_id(id).is_ok())
-                .ok_or_else(|| ApiError::InvalidArgument("malformed page_token: pass next_page_token unchanged".into()))?;
+                .ok_or_else(|| {
+                    ApiError::InvalidArgument("malformed page_token: pass next_page_token unchanged".into())
+                })?;
             id.to_string()
         };
         let online_only = req.online_only;
@@ -226,11 +228,8 @@ impl ControlApi {
 
     fn cancel(&self, req: pb::CancelDesiredRequest) -> Result<pb::CancelDesiredResponse, ApiError> {
         let cell = self.known(&req.vehicle_id)?;
-        let paths: Vec<Arc<str>> = req
-            .paths
-            .iter()
-            .map(|p| self.hub.schema.leaf(p).map(|l| l.path().clone()))
-            .collect::<Result<_, _>>()?;
+        let paths: Vec<Arc<str>> =
+            req.paths.iter().map(|p| self.hub.schema.leaf(p).map(|l| l.path().clone())).collect::<Result<_, _>>()?;
         let now = SystemTime::now();
         let (cancelled, _) = self.hub.update(&cell, |inner| {
             let cancelled = inner.record.cancel((!paths.is_empty()).then_some(&paths[..]), now);
@@ -303,7 +302,10 @@ struct WatchState {
 
 #[tonic::async_trait]
 impl ControlService for ControlApi {
-    async fn set_desired(&self, req: Request<pb::SetDesiredRequest>) -> Result<Response<pb::SetDesiredResponse>, Status> {
+    async fn set_desired(
+        &self,
+        req: Request<pb::SetDesiredRequest>,
+    ) -> Result<Response<pb::SetDesiredResponse>, Status> {
         Ok(Response::new(ControlApi::set_desired(self, req).await?))
     }
 
@@ -385,6 +387,11 @@ fn change_kinds(last: Option<Versions>, now: Versions) -> Vec<i32> {
     use pb::ChangeKind as K;
     let all = [K::Desired, K::Actual, K::FieldStatus, K::Presence];
     let Some(last) = last else { return all.iter().map(|k| *k as i32).collect() };
-    let diffs = [now.desired != last.desired, now.actual != last.actual, now.status != last.status, now.presence != last.presence];
+    let diffs = [
+        now.desired != last.desired,
+        now.actual != last.actual,
+        now.status != last.status,
+        now.presence != last.presence,
+    ];
     all.iter().zip(diffs).filter(|(_, d)| *d).map(|(k, _)| *k as i32).collect()
 }

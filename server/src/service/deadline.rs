@@ -31,7 +31,9 @@ mod tests {
     #[test]
     fn parses_every_unit_and_refuses_garbage() {
         let mut m = MetadataMap::new();
-        for (v, d) in [("5S", Duration::from_secs(5)), ("250m", Duration::from_millis(250)), ("2M", Duration::from_secs(120))] {
+        for (v, d) in
+            [("5S", Duration::from_secs(5)), ("250m", Duration::from_millis(250)), ("2M", Duration::from_secs(120))]
+        {
             m.insert("grpc-timeout", v.parse().unwrap());
             assert_eq!(grpc_timeout(&m), Some(d));
         }

@@ -43,9 +43,7 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let code = match &e {
-            ApiError::InvalidVehicleId(_) | ApiError::InvalidArgument(_) | ApiError::Field(_) => {
-                Code::InvalidArgument
-            }
+            ApiError::InvalidVehicleId(_) | ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::Write(WriteError::KeyReused { .. }) => Code::AlreadyExists,
             ApiError::Write(WriteError::GenerationMismatch { .. }) => Code::Aborted,
             ApiError::NotFound(_) => Code::NotFound,

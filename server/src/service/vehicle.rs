@@ -57,10 +57,7 @@ impl VehicleApi {
 impl VehicleService for VehicleApi {
     type ConnectStream = ReceiverStream<Result<ServerMessage, Status>>;
 
-    async fn connect(
-        &self,
-        req: Request<Streaming<VehicleMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+    async fn connect(&self, req: Request<Streaming<VehicleMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let session = Session { api: self.clone() };
         self.tasks.spawn(session.run(req.into_inner(), tx));
@@ -91,9 +88,9 @@ fn inbound_error(status: Status) -> End {
     match status.code() {
         Code::Cancelled => End::Quiet,
         Code::OutOfRange => End::Error(Status::resource_exhausted(status.message().to_string())),
-        Code::Internal | Code::Unknown | Code::InvalidArgument | Code::DataLoss => End::Error(
-            Status::invalid_argument(format!("malformed message on the stream: {}", status.message())),
-        ),
+        Code::Internal | Code::Unknown | Code::InvalidArgument | Code::DataLoss => {
+            End::Error(Status::invalid_argument(format!("malformed message on the stream: {}", status.message())))
+        }
         _ => End::Quiet,
     }
 }

@@ -156,9 +156,9 @@ pub fn decode_record(
         Err(e) => tracing::warn!(vehicle, error = %e, "dropping a stored actual state the schema cannot read"),
     }
     for k in stored.keys {
-        let fields: Vec<(Arc<str>, u64)> =
-            k.paths.into_iter().map(Arc::from).zip(k.generations).collect();
-        let entry = IdempotencyEntry { fingerprint: k.fingerprint, generation: k.generation, fields, at: time(k.at_nanos) };
+        let fields: Vec<(Arc<str>, u64)> = k.paths.into_iter().map(Arc::from).zip(k.generations).collect();
+        let entry =
+            IdempotencyEntry { fingerprint: k.fingerprint, generation: k.generation, fields, at: time(k.at_nanos) };
         record.keys.insert(k.key.into(), entry, limits.max, limits.window);
     }
     Ok(record)

@@ -17,10 +17,8 @@ async fn invalid_writes_name_the_problem_and_change_nothing() {
     let mut app = server.app().await;
     app.set_desired(set("car-b", "ok", window(20))).await.unwrap();
 
-    let too_open = VehicleState {
-        windows: Some(Windows { sunroof: Some(140), ..Default::default() }),
-        ..Default::default()
-    };
+    let too_open =
+        VehicleState { windows: Some(Windows { sunroof: Some(140), ..Default::default() }), ..Default::default() };
     let err = app.set_desired(set("car-b", "k1", too_open)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("windows.sunroof") && err.message().contains("maximum 100"), "{}", err.message());

@@ -1,21 +1,26 @@
 //! End-to-end tests: a real tetherd on 127.0.0.1:0 and real gRPC clients.
 
 mod bad_input;
+mod command_path;
+mod durability;
+mod expiry;
+mod generic_state;
 mod raw_writes;
 mod sessions;
 mod slow_reader;
+mod tidy;
 
 use tether_proto::RawState;
 use tether_proto::app::v1::{SetDesiredRequest, WaitLevel};
 use tether_proto::state::v1::{VehicleState, Windows};
 
 /// A patch setting the front-left window.
-pub fn window(pct: u32) -> VehicleState {
+pub(crate) fn window(pct: u32) -> VehicleState {
     VehicleState { windows: Some(Windows { front_left: Some(pct), ..Default::default() }), ..Default::default() }
 }
 
 /// A SetDesired request with defaults a test can change.
-pub fn set(vehicle: &str, key: &str, patch: VehicleState) -> SetDesiredRequest {
+pub(crate) fn set(vehicle: &str, key: &str, patch: VehicleState) -> SetDesiredRequest {
     SetDesiredRequest {
         vehicle_id: vehicle.into(),
         patch: Some(RawState::from_typed(&patch)),

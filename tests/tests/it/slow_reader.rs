@@ -101,7 +101,8 @@ async fn a_vehicle_that_stops_reading_gets_one_snapshot_then_only_the_latest() {
         }
     })
     .await;
-    let p = app2.get_vehicle(GetVehicleRequest { vehicle_id: "slow".into() }).await.unwrap().into_inner().presence.unwrap();
+    let p =
+        app2.get_vehicle(GetVehicleRequest { vehicle_id: "slow".into() }).await.unwrap().into_inner().presence.unwrap();
     assert_eq!(p.snapshots_sent, 2, "two snapshots for 10,000 writes");
     assert!(!p.snapshot_pending);
     fast.abort();

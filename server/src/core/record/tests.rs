@@ -15,10 +15,8 @@ fn t(secs: u64) -> SystemTime {
 }
 
 fn window(pct: u32) -> Vec<FieldValue> {
-    let state = VehicleState {
-        windows: Some(Windows { front_left: Some(pct), ..Default::default() }),
-        ..Default::default()
-    };
+    let state =
+        VehicleState { windows: Some(Windows { front_left: Some(pct), ..Default::default() }), ..Default::default() };
     StateSchema::contract().split(&state.encode_to_vec()).unwrap()
 }
 
@@ -104,11 +102,8 @@ fn ack_then_report_moves_to_applied_and_refusals_keep_their_reason() {
     fields.extend(
         StateSchema::contract()
             .split(
-                &VehicleState {
-                    climate: Some(Climate { on: Some(true), ..Default::default() }),
-                    ..Default::default()
-                }
-                .encode_to_vec(),
+                &VehicleState { climate: Some(Climate { on: Some(true), ..Default::default() }), ..Default::default() }
+                    .encode_to_vec(),
             )
             .unwrap(),
     );
@@ -116,7 +111,13 @@ fn ack_then_report_moves_to_applied_and_refusals_keep_their_reason() {
     assert!(r.acknowledge(1));
     assert_eq!(r.outcome(&path(), 1, t(1)).status, FieldStatus::Delivered);
     let results = vec![
-        FieldReport { path: path(), generation: 1, status: FieldStatus::Applied, reason: "".into(), message: "".into() },
+        FieldReport {
+            path: path(),
+            generation: 1,
+            status: FieldStatus::Applied,
+            reason: "".into(),
+            message: "".into(),
+        },
         FieldReport {
             path: "climate.on".into(),
             generation: 1,

@@ -1,0 +1,174 @@
+//! [`Client`]: the app-facing client of tetherd (ControlService, and
+//! AdminService on the same connection).
+
+mod debounce;
+mod retry;
+mod set_desired;
+mod watch;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::admin::v1::{GetServerStatsRequest, ServerStats, admin_service_client::AdminServiceClient};
+use tether_proto::app::v1 as app;
+use tether_proto::app::v1::control_service_client::ControlServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ids::check_vehicle_id;
+use crate::{Error, Patch};
+
+pub use retry::RetryPolicy;
+pub use set_desired::{SetDesired, WaitLevel};
+pub use watch::WatchStream;
+
+use debounce::Debouncer;
+use set_desired::DebounceKey;
+
+/// The default debounce window of identical writes.
+const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// A client of tetherd for app back ends. Cheap to clone; clones share the
+/// connection and the debounce window.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    retry: RetryPolicy,
+    debouncer: Arc<Debouncer<DebounceKey>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("retry", &self.retry).finish_non_exhaustive()
+    }
+}
+
+/// An endpoint with the SDK's connection settings: connect within 5 s, and
+/// HTTP/2 keepalive pings every 20 s answered within 10 s, so a dead link is
+/// noticed even when no call is in flight.
+pub(crate) fn endpoint(address: String) -> Result<Endpoint, Error> {
+    let endpoint = Endpoint::from_shared(address.clone())
+        .map_err(|e| Error::InvalidArgument(format!("endpoint {address:?} is not a valid URI: {e}")))?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true))
+}
+
+impl Client {
+    /// Connects to tetherd at `endpoint`, e.g. `"http://127.0.0.1:50051"`.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Client, Error> {
+        let channel = self::endpoint(endpoint.into())?.connect().await?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// A client over an existing channel (for custom TLS or interceptors).
+    pub fn from_channel(channel: Channel) -> Client {
+        Client { channel, retry: RetryPolicy::default(), debouncer: Arc::new(Debouncer::new(DEFAULT_DEBOUNCE)) }
+    }
+
+    /// Retries writes by `policy` (default: [`RetryPolicy::default`]).
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Identical writes (same vehicle, patch and options) within `window`
+    /// reuse the first one's idempotency key, so tetherd replays its outcome
+    /// instead of writing again. Default 500 ms; zero disables it.
+    pub fn with_debounce(mut self, window: Duration) -> Self {
+        self.debouncer = Arc::new(Debouncer::new(window));
+        self
+    }
+
+    /// Starts a write of desired state; configure it, then `.await` it.
+    pub fn set_desired(&self, vehicle_id: impl Into<String>, patch: impl Into<Patch>) -> SetDesired {
+        SetDesired::new(self.clone(), vehicle_id.into(), patch.into())
+    }
+
+    /// Reads a vehicle: desired and actual state, per-field status, presence.
+    /// See [`desired_of`](crate::desired_of) and [`actual_of`](crate::actual_of).
+    pub async fn get_vehicle(&self, vehicle_id: impl Into<String>) -> Result<app::Vehicle, Error> {
+        let vehicle_id = checked(vehicle_id.into())?;
+        let response = self.raw().get_vehicle(app::GetVehicleRequest { vehicle_id }).await?;
+        Ok(response.into_inner())
+    }
+
+    /// Watches a vehicle. Pass the last generation seen (0: none) to resume;
+    /// the first event's `resumed` says whether anything was missed.
+    pub async fn watch(&self, vehicle_id: impl Into<String>, from_generation: u64) -> Result<WatchStream, Error> {
+        let vehicle_id = checked(vehicle_id.into())?;
+        let request = app::WatchVehicleRequest { vehicle_id, from_generation };
+        let response = self.raw().watch_vehicle(request).await?;
+        Ok(WatchStream::new(response.into_inner()))
+    }
+
+    /// Lists vehicles by id, a page at a time (`page_size` 0: the server's
+    /// default; `page_token` empty: the first page).
+    pub async fn list_vehicles(
+        &self,
+        page_size: u32,
+        page_token: impl Into<String>,
+        online_only: bool,
+    ) -> Result<app::ListVehiclesResponse, Error> {
+        let request = app::ListVehiclesRequest { page_size, page_token: page_token.into(), online_only };
+        Ok(self.raw().list_vehicles(request).await?.into_inner())
+    }
+
+    /// Cancels desired fields not yet applied (`paths` empty: all of them).
+    pub async fn cancel(
+        &self,
+        vehicle_id: impl Into<String>,
+        paths: Vec<String>,
+    ) -> Result<app::CancelDesiredResponse, Error> {
+        let vehicle_id = checked(vehicle_id.into())?;
+        let request = app::CancelDesiredRequest { vehicle_id, paths };
+        Ok(self.raw().cancel_desired(request).await?.into_inner())
+    }
+
+    /// The node's counts (AdminService on the same connection).
+    pub async fn server_stats(&self) -> Result<ServerStats, Error> {
+        let mut admin = AdminServiceClient::new(self.channel.clone());
+        Ok(admin.get_server_stats(GetServerStatsRequest {}).await?.into_inner())
+    }
+
+    /// The generated ControlService client on this connection, for calls the
+    /// SDK does not wrap.
+    pub fn raw(&self) -> ControlServiceClient<Channel> {
+        ControlServiceClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    pub(crate) fn debouncer(&self) -> &Debouncer<DebounceKey> {
+        &self.debouncer
+    }
+}
+
+fn checked(vehicle_id: String) -> Result<String, Error> {
+    check_vehicle_id(&vehicle_id).map_err(Error::InvalidArgument)?;
+    Ok(vehicle_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_endpoints_and_ids_fail_clearly() {
+        let err = Client::connect("not a uri").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(ref m) if m.contains("not a uri")), "{err:?}");
+        // Nothing listens on port 1.
+        let err = Client::connect("http://127.0.0.1:1").await.unwrap_err();
+        assert!(matches!(err, Error::Transport(_)), "{err:?}");
+
+        let client = Client::from_channel(Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
+        let err = client.get_vehicle("no/slashes").await.unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
+        let err = client.get_vehicle("car-1").await.unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::Unavailable));
+    }
+}
