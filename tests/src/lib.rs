@@ -149,6 +149,7 @@ impl RawVehicle {
             agent_version: "raw-test".into(),
             last_applied_generation: last_applied,
             actual: Some(RawState::default()),
+            results: vec![],
         };
         let mut v = Self::open(channel, hello).await.expect("stream opens");
         match v.next().await {

@@ -183,30 +183,47 @@ impl StateSchema {
     /// occurrences merge) and returns its present leaves in path order. Fails
     /// on bytes that do not decode and on field numbers the schema lacks.
     pub fn split(&self, encoded: &[u8]) -> Result<Vec<FieldValue>, FieldError> {
-        let message = DynamicMessage::decode(self.message.clone(), encoded).map_err(|e| FieldError::Malformed {
-            message: self.message.full_name().to_string(),
-            reason: e.to_string(),
-        })?;
         let mut out = Vec::new();
-        self.walk(&message, "", &mut Vec::new(), &mut out)?;
+        self.walk(&self.decode(encoded)?, "", &mut Vec::new(), &mut out, None)?;
         Ok(out)
     }
 
+    /// Like [`split`](Self::split), but skips field numbers the schema lacks
+    /// (a report from a vehicle on a newer contract) and returns how many it
+    /// skipped. Still fails on bytes that do not decode.
+    pub fn split_known(&self, encoded: &[u8]) -> Result<(Vec<FieldValue>, usize), FieldError> {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        self.walk(&self.decode(encoded)?, "", &mut Vec::new(), &mut out, Some(&mut skipped))?;
+        Ok((out, skipped))
+    }
+
+    fn decode(&self, encoded: &[u8]) -> Result<DynamicMessage, FieldError> {
+        DynamicMessage::decode(self.message.clone(), encoded)
+            .map_err(|e| FieldError::Malformed { message: self.message.full_name().to_string(), reason: e.to_string() })
+    }
+
+    /// Collects the leaves of `message`; unknown fields fail, or are counted
+    /// in `skipped` when given.
     fn walk(
         &self,
         message: &DynamicMessage,
         prefix: &str,
         chain: &mut Vec<FieldDescriptor>,
         out: &mut Vec<FieldValue>,
+        mut skipped: Option<&mut usize>,
     ) -> Result<(), FieldError> {
         if let Some(unknown) = message.unknown_fields().next() {
-            return Err(FieldError::UnknownField { parent: prefix.to_string(), number: unknown.number() });
+            match skipped.as_deref_mut() {
+                Some(skipped) => *skipped += message.unknown_fields().count(),
+                None => return Err(FieldError::UnknownField { parent: prefix.to_string(), number: unknown.number() }),
+            }
         }
         for (field, value) in message.fields() {
             let path = if prefix.is_empty() { field.name().to_string() } else { format!("{prefix}.{}", field.name()) };
             chain.push(field.clone());
             match (is_leaf(&field), value) {
-                (false, Value::Message(inner)) => self.walk(inner, &path, chain, out)?,
+                (false, Value::Message(inner)) => self.walk(inner, &path, chain, out, skipped.as_deref_mut())?,
                 _ => {
                     let leaf = self.leaf(&path)?;
                     out.push(FieldValue {
@@ -483,5 +500,9 @@ mod tests {
         let inner = [0x0a, 0x03, 0xd0, 0x02, 0x01];
         let err = schema.split(&inner).unwrap_err();
         assert_eq!(err, FieldError::UnknownField { parent: "windows".into(), number: 42 });
+        // Reading a vehicle's report, unknown fields are skipped and counted.
+        let (fields, skipped) = schema.split_known(&inner).unwrap();
+        assert!(fields.is_empty());
+        assert_eq!(skipped, 1);
     }
 }

@@ -341,15 +341,17 @@ impl VehicleRecord {
         changed
     }
 
-    /// A vehicle said hello with its full actual state and the last generation
-    /// it handled. In-flight fields it already handled, whose result was lost,
-    /// are settled from the actual state.
-    pub fn hello(&mut self, last_applied: u64, actual: Vec<FieldValue>) {
+    /// A vehicle said hello with its full actual state, the last generation
+    /// it handled and the results of that generation (re-sent in case their
+    /// report was lost). In-flight fields it handled whose result is still
+    /// unknown are settled from the actual state.
+    pub fn hello(&mut self, last_applied: u64, actual: Vec<FieldValue>, results: Vec<FieldReport>) {
         self.actual = actual.into_iter().map(|f| (f.path.clone(), f)).collect();
         self.observed_generation = last_applied;
         // A vehicle ahead of the record (a store restored from an old backup)
         // would drop new writes as duplicates: continue above its generation.
         self.generation = self.generation.max(last_applied);
+        self.apply_results(results);
         for field in self.desired.values_mut() {
             if is_final(field.status) || field.generation > last_applied {
                 continue;
@@ -366,14 +368,10 @@ impl VehicleRecord {
         }
     }
 
-    /// A vehicle reported actual state and field results. Results about a
-    /// value that is no longer current, or already final, are ignored.
-    pub fn report(&mut self, observed: u64, actual: Vec<FieldValue>, results: Vec<FieldReport>) -> bool {
-        let mut changed = !actual.is_empty() || observed != self.observed_generation;
-        self.observed_generation = self.observed_generation.max(observed);
-        for value in actual {
-            self.actual.insert(value.path.clone(), value);
-        }
+    /// Records field results; ignores results about a value that is no
+    /// longer current or already final. Returns whether any status changed.
+    fn apply_results(&mut self, results: Vec<FieldReport>) -> bool {
+        let mut changed = false;
         for result in results {
             let Some(field) = self.desired.get_mut(&result.path) else { continue };
             if field.generation != result.generation || is_final(field.status) {
@@ -387,6 +385,18 @@ impl VehicleRecord {
                 changed = true;
             }
         }
+        changed
+    }
+
+    /// A vehicle reported actual state and field results. Results about a
+    /// value that is no longer current, or already final, are ignored.
+    pub fn report(&mut self, observed: u64, actual: Vec<FieldValue>, results: Vec<FieldReport>) -> bool {
+        let mut changed = !actual.is_empty() || observed != self.observed_generation;
+        self.observed_generation = self.observed_generation.max(observed);
+        for value in actual {
+            self.actual.insert(value.path.clone(), value);
+        }
+        changed |= self.apply_results(results);
         changed
     }
 

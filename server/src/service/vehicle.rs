@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use rand::Rng;
-use tether_proto::StateSchema;
 use tether_proto::vehicle::v1::vehicle_service_server::VehicleService;
 use tether_proto::vehicle::v1::{
     self as pb, DesiredState, FieldMeta, GoodbyeReason, ServerMessage, VehicleMessage, server_message, vehicle_message,
 };
+use tether_proto::{FieldError, FieldValue, StateSchema};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -122,17 +122,18 @@ impl Session {
             let _ = tx.send(Err(e.into())).await;
             return;
         }
-        let actual = match hub.schema.split(hello.actual.as_ref().map_or(&[][..], |a| a.as_bytes())) {
+        let actual = match read_actual(hub, hello.actual.as_ref()) {
             Ok(actual) => actual,
             Err(e) => {
                 let _ = tx.send(Err(Status::invalid_argument(format!("Hello.actual: {e}")))).await;
                 return;
             }
         };
+        let results = read_results(hub, hello.results);
         let cell = hub.get_or_create(&hello.vehicle_id);
         let last_applied = hello.last_applied_generation;
         let (session_id, kicked) = hub.open_session(&cell, &hello.agent_version, SystemTime::now(), |inner| {
-            inner.record.hello(last_applied, actual);
+            inner.record.hello(last_applied, actual, results);
             inner.presence.sent_generation = last_applied;
             Change { actual: true, status: true, ..Change::NONE }
         });
@@ -300,25 +301,9 @@ impl Session {
                 });
             }
             vehicle_message::Kind::Report(report) => {
-                let actual = hub
-                    .schema
-                    .split(report.actual.as_ref().map_or(&[][..], |a| a.as_bytes()))
-                    .map_err(|e| protocol(format!("Report.actual: {e}")))?;
-                let mut results = Vec::with_capacity(report.results.len());
-                for r in report.results {
-                    let Ok(leaf) = hub.schema.leaf(&r.path) else {
-                        tracing::warn!(path = %r.path, "report about an unknown field path ignored");
-                        continue;
-                    };
-                    let status = FieldStatus::try_from(r.status).unwrap_or(FieldStatus::Unspecified);
-                    results.push(FieldReport {
-                        path: leaf.path().clone(),
-                        generation: r.generation,
-                        status,
-                        reason: r.reason,
-                        message: r.message,
-                    });
-                }
+                let actual =
+                    read_actual(hub, report.actual.as_ref()).map_err(|e| protocol(format!("Report.actual: {e}")))?;
+                let results = read_results(hub, report.results);
                 hub.update(cell, |inner| {
                     inner.presence.last_seen = Some(now);
                     let had_actual = !actual.is_empty();
@@ -329,4 +314,34 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Reads a vehicle's actual state, skipping fields this server's contract
+/// lacks (the vehicle may run a newer one).
+fn read_actual(hub: &Hub, actual: Option<&tether_proto::RawState>) -> Result<Vec<FieldValue>, FieldError> {
+    let (values, skipped) = hub.schema.split_known(actual.map_or(&[][..], |a| a.as_bytes()))?;
+    if skipped > 0 {
+        tracing::debug!(skipped, "actual state has fields this server's contract lacks; ignored");
+    }
+    Ok(values)
+}
+
+/// Reads field results, dropping ones about paths this server does not know.
+fn read_results(hub: &Hub, results: Vec<pb::FieldResult>) -> Vec<FieldReport> {
+    results
+        .into_iter()
+        .filter_map(|r| {
+            let Ok(leaf) = hub.schema.leaf(&r.path) else {
+                tracing::warn!(path = %r.path, "result about an unknown field path ignored");
+                return None;
+            };
+            Some(FieldReport {
+                path: leaf.path().clone(),
+                generation: r.generation,
+                status: FieldStatus::try_from(r.status).unwrap_or(FieldStatus::Unspecified),
+                reason: r.reason,
+                message: r.message,
+            })
+        })
+        .collect()
 }

@@ -98,3 +98,71 @@ async fn a_thousand_vehicles_connect_and_disconnect_and_counts_return_to_idle() 
     assert_eq!(stats.watchers, 0);
     assert_eq!(stats.sessions_opened, 1000);
 }
+
+#[tokio::test]
+async fn an_outcome_lost_with_the_link_arrives_with_the_next_hello() {
+    use tether_proto::RawState;
+    use tether_proto::common::v1::FieldStatus;
+    use tether_proto::vehicle::v1::{FieldResult, Hello};
+
+    let server = TestServer::start().await;
+    let mut app = server.app().await;
+    let (mut v, _) = RawVehicle::connect(server.channel().await, "car-lost", 0).await;
+    app.set_desired(crate::set("car-lost", "k", crate::window(100))).await.unwrap();
+    let desired = match v.next_non_heartbeat().await {
+        Some(server_message::Kind::Desired(d)) => d,
+        other => panic!("expected a snapshot, got {other:?}"),
+    };
+    v.ack(desired.generation).await;
+    // The vehicle refuses the field, and the link drops before its report.
+    drop(v);
+    let hello = Hello {
+        vehicle_id: "car-lost".into(),
+        agent_version: "raw-test".into(),
+        last_applied_generation: desired.generation,
+        actual: Some(RawState::default()),
+        results: vec![FieldResult {
+            path: "windows.front_left".into(),
+            generation: desired.fields[0].generation,
+            status: FieldStatus::Rejected as i32,
+            reason: "precondition:parked".into(),
+            message: "not parked".into(),
+        }],
+    };
+    let mut v = RawVehicle::open(server.channel().await, hello).await.unwrap();
+    assert!(matches!(v.next().await, Some(server_message::Kind::Welcome(_))));
+    let field = app.get_vehicle(GetVehicleRequest { vehicle_id: "car-lost".into() }).await.unwrap().into_inner().fields
+        [0]
+    .clone();
+    assert_eq!((field.status, field.reason.as_str()), (FieldStatus::Rejected as i32, "precondition:parked"));
+}
+
+#[tokio::test]
+async fn a_vehicle_on_a_newer_contract_may_report_fields_this_server_lacks() {
+    use prost::Message;
+    use tether_proto::RawState;
+    use tether_proto::vehicle::v1::{Hello, Report, vehicle_message};
+
+    let server = TestServer::start().await;
+    // Known field windows.front_left = 7, plus field 50 the server's contract lacks.
+    let mut bytes = crate::window(7).encode_to_vec();
+    bytes.extend_from_slice(&[0x92, 0x03, 0x02, 0x08, 0x02]); // field 50 { field 1: 2 }
+    let actual = RawState(bytes.into());
+    let hello = Hello {
+        vehicle_id: "car-new".into(),
+        agent_version: "from-the-future".into(),
+        last_applied_generation: 0,
+        actual: Some(actual.clone()),
+        results: vec![],
+    };
+    let mut v = RawVehicle::open(server.channel().await, hello).await.unwrap();
+    assert!(matches!(v.next().await, Some(server_message::Kind::Welcome(_))));
+    v.send(vehicle_message::Kind::Report(Report { observed_generation: 0, actual: Some(actual), results: vec![] }))
+        .await;
+    v.heartbeat(1).await;
+    assert!(matches!(v.next().await, Some(server_message::Kind::Heartbeat(_))), "the session lives on");
+    let mut app = server.app().await;
+    let view = app.get_vehicle(GetVehicleRequest { vehicle_id: "car-new".into() }).await.unwrap().into_inner();
+    assert_eq!(view.actual.unwrap().decode_typed().unwrap(), crate::window(7));
+    assert!(view.presence.unwrap().online);
+}

@@ -41,9 +41,15 @@ pub struct Hello {
     /// never applied again.
     #[prost(uint64, tag = "3")]
     pub last_applied_generation: u64,
-    /// The vehicle's actual state now.
+    /// The vehicle's actual state now. Fields the server's contract does not
+    /// know are ignored (the agent may be newer than the server).
     #[prost(message, optional, tag = "4")]
     pub actual: ::core::option::Option<crate::RawState>,
+    /// The results of the last snapshot the agent handled, sent again so that an
+    /// outcome is never lost with a dropped link; the server ignores results it
+    /// already has.
+    #[prost(message, repeated, tag = "5")]
+    pub results: ::prost::alloc::vec::Vec<FieldResult>,
 }
 /// Receipt of a desired-state snapshot.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -78,7 +84,8 @@ pub struct Report {
     /// The highest desired generation the agent has handled.
     #[prost(uint64, tag = "1")]
     pub observed_generation: u64,
-    /// The actual state (the fields that changed, or all of it).
+    /// The actual state (the fields that changed, or all of it). Fields the
+    /// server's contract does not know are ignored.
     #[prost(message, optional, tag = "2")]
     pub actual: ::core::option::Option<crate::RawState>,
     /// Results of the fields handled since the last report.

@@ -32,6 +32,9 @@ pub(crate) struct Applier {
     capabilities: HashMap<String, Box<dyn Capability>>,
     guards: Guards,
     last_applied: u64,
+    /// The results of the last snapshot handled, re-sent in every Hello so a
+    /// dropped link never loses an outcome (the server ignores known ones).
+    last_results: Vec<FieldResult>,
     actual: ActualState,
     store: Option<GenerationStore>,
     shared: Arc<Shared>,
@@ -51,7 +54,17 @@ impl Applier {
         events: broadcast::Sender<AgentEvent>,
     ) -> Self {
         let actual = ActualState::new(&schema, initial_actual);
-        let applier = Applier { schema, capabilities, guards, last_applied, actual, store, shared, events };
+        let applier = Applier {
+            schema,
+            capabilities,
+            guards,
+            last_applied,
+            last_results: Vec::new(),
+            actual,
+            store,
+            shared,
+            events,
+        };
         applier.publish();
         applier
     }
@@ -59,6 +72,11 @@ impl Applier {
     /// The highest generation handled.
     pub(crate) fn last_applied(&self) -> u64 {
         self.last_applied
+    }
+
+    /// The results of the last snapshot handled (for Hello).
+    pub(crate) fn last_results(&self) -> &[FieldResult] {
+        &self.last_results
     }
 
     /// The actual state now.
@@ -80,6 +98,7 @@ impl Applier {
             let results = self.apply_fields(&desired).await;
             self.last_applied = desired.generation;
             self.persist().await;
+            self.last_results.clone_from(&results);
             results
         };
         self.publish();

@@ -63,6 +63,7 @@ pub(crate) async fn run(ctx: &Context<'_>, channel: Channel, worker: &mut Worker
         agent_version: ctx.agent_version.to_string(),
         last_applied_generation: applier.last_applied(),
         actual: Some(applier.actual()),
+        results: applier.last_results().to_vec(),
     };
     if tx.try_send(message(VehicleKind::Hello(hello))).is_err() {
         return (SessionEnd::Lost("internal: cannot queue Hello".into()), None);

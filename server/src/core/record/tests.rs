@@ -154,9 +154,31 @@ fn hello_settles_fields_whose_results_were_lost() {
     let mut r = VehicleRecord::default();
     r.write(write("a", window(30), None), t(0), LIMITS).unwrap();
     r.acknowledge(1);
-    r.hello(1, window(30));
+    r.hello(1, window(30), vec![]);
     assert_eq!(r.outcome(&path(), 1, t(1)).status, FieldStatus::Applied);
     r.write(write("b", window(60), None), t(2), LIMITS).unwrap();
-    r.hello(2, window(30));
+    r.hello(2, window(30), vec![]);
     assert_eq!(r.outcome(&path(), 2, t(3)).status, FieldStatus::Failed);
+}
+
+#[test]
+fn results_re_sent_in_hello_give_the_true_outcome() {
+    let mut r = VehicleRecord::default();
+    r.write(write("a", window(30), None), t(0), LIMITS).unwrap();
+    r.acknowledge(1);
+    let refused = FieldReport {
+        path: path(),
+        generation: 1,
+        status: FieldStatus::Rejected,
+        reason: "precondition:parked".into(),
+        message: String::new(),
+    };
+    r.hello(1, window(0), vec![refused.clone()]);
+    let o = r.outcome(&path(), 1, t(1));
+    assert_eq!((o.status, o.reason.as_str()), (FieldStatus::Rejected, "precondition:parked"));
+    // Sent again in a later hello: already final, ignored.
+    let mut applied = refused;
+    applied.status = FieldStatus::Applied;
+    r.hello(1, window(30), vec![applied]);
+    assert_eq!(r.outcome(&path(), 1, t(2)).status, FieldStatus::Rejected);
 }
