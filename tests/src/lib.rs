@@ -199,13 +199,28 @@ pub struct ChildServer {
     child: tokio::process::Child,
     /// The bound address.
     pub addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildServer {
     /// Starts `binary` serving on 127.0.0.1:0 with data in `data_dir`, and
     /// waits for its "listening on" line.
     pub async fn start(binary: &Path, data_dir: &Path) -> Self {
-        let mut child = tokio::process::Command::new(binary)
+        Self::start_limited(binary, data_dir, None).await
+    }
+
+    /// Like [`start`](Self::start), with the open-files limit lowered to
+    /// `nofile` (through the shell's `ulimit`, no unsafe code here).
+    pub async fn start_limited(binary: &Path, data_dir: &Path, nofile: Option<u32>) -> Self {
+        let mut command = match nofile {
+            None => tokio::process::Command::new(binary),
+            Some(n) => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(binary);
+                c
+            }
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -228,9 +243,16 @@ impl ChildServer {
         })
         .await
         .expect("tetherd listens in time");
-        // Keep draining stderr so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        ChildServer { child, addr }
+        // Keep draining stderr (so the child never blocks on a full pipe) into
+        // a log the test can read.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        ChildServer { child, addr, log }
     }
 
     /// `http://addr`.
@@ -243,8 +265,25 @@ impl ChildServer {
         self.child.kill().await.expect("kill -9");
     }
 
+    /// Whether a line of the child's log (warnings and errors) contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|l| l.contains(text))
+    }
+
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// CPU time (user + system) the process has used, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.pid().expect("running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+        // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // Linux reports clock ticks of 1/100 s (USER_HZ) to user space.
+        Duration::from_millis(ticks * 10)
     }
 }

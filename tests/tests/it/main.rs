@@ -9,6 +9,7 @@ mod raw_writes;
 mod sessions;
 mod slow_reader;
 mod tidy;
+mod transport;
 
 use tether_proto::RawState;
 use tether_proto::app::v1::{SetDesiredRequest, WaitLevel};
