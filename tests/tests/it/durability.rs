@@ -76,3 +76,43 @@ async fn graceful_shutdown_says_goodbye_and_keeps_every_write() {
     let v = client.get_vehicle("car-g").await.unwrap();
     assert_eq!(v.fields[0].status, FieldStatus::Applied as i32);
 }
+
+#[tokio::test]
+async fn the_sdk_retries_unavailable_with_the_same_key_across_a_restart() {
+    use std::time::Duration;
+    use tether_sdk::RetryPolicy;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = TestServer::start_with(|c| c.data_dir = data.clone()).await;
+    let addr = first.addr;
+    let client = Client::connect(first.url())
+        .await
+        .unwrap()
+        .with_retry(RetryPolicy { max_attempts: 30, ..RetryPolicy::default() });
+    let write = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .set_desired("car-retry", Patch::new().window(Window::FrontLeft, 100))
+                .wait(WaitLevel::Applied)
+                .timeout(Duration::from_secs(30))
+                .await
+        })
+    };
+    eventually("the write waits", BOUND, || async { (first.stats().waiters == 1).then_some(()) }).await;
+    // The node restarts under the waiting call: it answers UNAVAILABLE and
+    // the SDK retries against the new process.
+    first.shutdown().await;
+    let second = TestServer::start_with(|c| {
+        c.data_dir = data.clone();
+        c.listen = addr;
+    })
+    .await;
+    let agent = Agent::builder(second.url(), "car-retry").capability(RecordingCapability::new("windows")).spawn();
+    let outcome = write.await.unwrap().expect("the retried write succeeds");
+    assert!(outcome.replayed, "the retry carried the first attempt's key");
+    assert_eq!(outcome.generation, 1, "and so changed nothing: {outcome:?}");
+    assert_eq!(outcome.fields[0].status, FieldStatus::Applied);
+    agent.shutdown().await;
+}
