@@ -1,6 +1,7 @@
 //! End-to-end tests: a real tetherd on 127.0.0.1:0 and real gRPC clients.
 
 mod bad_input;
+mod cli;
 mod command_path;
 mod durability;
 mod expiry;

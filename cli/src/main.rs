@@ -1,0 +1,5 @@
+//! The `tether` binary.
+
+fn main() -> std::process::ExitCode {
+    tether_cli::main()
+}
