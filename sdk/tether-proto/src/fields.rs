@@ -143,9 +143,17 @@ impl fmt::Debug for StateSchema {
 
 impl StateSchema {
     /// The schema of the contract this crate was generated from.
+    ///
+    /// Built once per process; every call returns a cheap clone sharing it
+    /// (a fleet of agents in one process shares one schema).
     pub fn contract() -> Self {
-        Self::from_pool(&crate::descriptor_pool(), crate::VEHICLE_STATE)
-            .expect("the embedded contract has the state message")
+        static CONTRACT: std::sync::OnceLock<StateSchema> = std::sync::OnceLock::new();
+        CONTRACT
+            .get_or_init(|| {
+                Self::from_pool(&crate::descriptor_pool(), crate::VEHICLE_STATE)
+                    .expect("the embedded contract has the state message")
+            })
+            .clone()
     }
 
     /// A schema from an encoded `FileDescriptorSet` (for example a newer

@@ -40,7 +40,7 @@ const DEFAULT_SKEW_ALLOWANCE: Duration = Duration::from_secs(2);
 /// Default reconnect backoff bounds.
 const DEFAULT_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
 /// Default capacity of the event channel.
-const DEFAULT_EVENT_CAPACITY: usize = 1024;
+const DEFAULT_EVENT_CAPACITY: usize = 128;
 
 /// What the agent did, for observers (see [`AgentHandle::events`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,7 +244,7 @@ impl AgentBuilder {
         self
     }
 
-    /// Capacity of the event channel (default 1024; the oldest events are
+    /// Capacity of the event channel (default 128; the oldest events are
     /// dropped for a receiver that falls behind).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity.max(1);

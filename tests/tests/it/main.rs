@@ -8,6 +8,7 @@ mod expiry;
 mod generic_state;
 mod raw_writes;
 mod sessions;
+mod simulator;
 mod slow_reader;
 mod tidy;
 mod transport;

@@ -1,0 +1,34 @@
+//! The benchmark's parts: a `tetherd` child process ([`Tetherd`]), its
+//! memory ([`rss`]), lean raw-protocol vehicles ([`lean_vehicle`]), and the
+//! scenarios ([`latency`], [`idle_memory`]), each ending in a report printed
+//! as a table and one JSON line ([`print_report`]).
+//!
+//! Every scenario is bounded: it starts its own server on `127.0.0.1:0`,
+//! sends traffic only over loopback, stops by itself, and kills the server
+//! at the end (or when dropped).
+
+pub mod idle_memory;
+pub mod latency;
+pub mod lean_vehicle;
+pub mod rss;
+mod tetherd;
+
+pub use tetherd::{Tetherd, TetherdOptions};
+
+use std::fmt::Display;
+
+use serde::Serialize;
+
+/// Prints `report` as a table, then as one JSON line (for scripts: `grep '^{'`).
+pub fn print_report<R: Display + Serialize>(report: &R) {
+    println!("{report}");
+    match serde_json::to_string(report) {
+        Ok(json) => println!("{json}"),
+        Err(error) => tracing::error!(%error, "cannot encode the report as JSON"),
+    }
+}
+
+/// The machine's parallelism, recorded in every report.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,162 @@
+//! [`Tetherd`]: a `tetherd` child process on `127.0.0.1:0` with a fresh data
+//! directory, killed when stopped or dropped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::task::JoinHandle;
+
+/// How long tetherd may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The stderr lines kept to explain a failed start.
+const KEPT_LINES: usize = 20;
+
+/// How to start tetherd.
+#[derive(Debug, Clone)]
+pub struct TetherdOptions {
+    /// The binary.
+    pub path: PathBuf,
+    /// Its log filter (`RUST_LOG`); its logs go to this process's tracing at
+    /// debug level.
+    pub log: String,
+    /// More arguments, e.g. `["--heartbeat-interval", "30s"]`.
+    pub args: Vec<String>,
+}
+
+/// A running tetherd.
+#[derive(Debug)]
+pub struct Tetherd {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    /// Forwards the rest of its stderr; ends when the child does.
+    stderr: JoinHandle<()>,
+    /// Removed when dropped, after the child is killed (fields drop in order).
+    _data_dir: tempfile::TempDir,
+}
+
+impl Tetherd {
+    /// Starts tetherd and waits until it listens.
+    pub async fn start(options: &TetherdOptions) -> anyhow::Result<Tetherd> {
+        if !options.path.is_file() {
+            bail!(
+                "no tetherd at {} (build it with `cargo build --release -p tetherd`, or pass --tetherd PATH)",
+                options.path.display()
+            );
+        }
+        let data_dir =
+            tempfile::Builder::new().prefix("tether-bench-").tempdir().context("cannot create a data dir")?;
+        let mut child = Command::new(&options.path)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(&options.args)
+            .env("RUST_LOG", &options.log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", options.path.display()))?;
+        let pid = child.id().context("tetherd exited at once")?;
+        let stderr = child.stderr.take().context("tetherd's stderr is not piped")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = match tokio::time::timeout(START_TIMEOUT, listening_address(&mut lines)).await {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(output)) => {
+                let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                bail!("tetherd stopped before listening ({status}); its last words:\n{output}");
+            }
+            Err(_) => bail!("tetherd did not say where it listens within {START_TIMEOUT:?}"),
+        };
+        let stderr = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(target: "tetherd", "{line}");
+            }
+        });
+        tracing::info!(pid, %addr, "tetherd started");
+        Ok(Tetherd { child, pid, addr, stderr, _data_dir: data_dir })
+    }
+
+    /// Its URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Its resident memory now, in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        super::rss::rss_kib(self.pid).with_context(|| format!("cannot read tetherd's memory (pid {})", self.pid))
+    }
+
+    /// Kills it and waits until it is gone.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("cannot kill tetherd")?;
+        // Its stderr closed with it.
+        let _ = (&mut self.stderr).await;
+        tracing::info!(pid = self.pid, "tetherd stopped");
+        Ok(())
+    }
+}
+
+/// Reads stderr up to the line `tetherd: listening on ADDR — stop with
+/// Ctrl-C` and returns ADDR; if stderr ends first, returns its last lines.
+async fn listening_address(lines: &mut Lines<BufReader<ChildStderr>>) -> Result<SocketAddr, String> {
+    let mut kept = std::collections::VecDeque::with_capacity(KEPT_LINES);
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(_) => return Err(Vec::from(kept).join("\n")),
+        };
+        if let Some(addr) = parse_listening(&line) {
+            return Ok(addr);
+        }
+        tracing::debug!(target: "tetherd", "{line}");
+        if kept.len() == KEPT_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line);
+    }
+}
+
+/// The address in tetherd's `tetherd: listening on ADDR — ...` line.
+fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let (_, rest) = line.split_once("tetherd: listening on ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_address_line() {
+        let line = "tetherd: listening on 127.0.0.1:41234 — stop with Ctrl-C";
+        assert_eq!(parse_listening(line), Some("127.0.0.1:41234".parse().unwrap()));
+        assert_eq!(parse_listening("tetherd: listening on [::1]:7 — stop"), Some("[::1]:7".parse().unwrap()));
+        assert_eq!(parse_listening("2026-11-22T04:50:00Z INFO store opened"), None);
+        assert_eq!(parse_listening("tetherd: listening on nowhere"), None);
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_is_explained() {
+        let options = TetherdOptions { path: "/nonexistent/tetherd".into(), log: "warn".into(), args: vec![] };
+        let error = Tetherd::start(&options).await.unwrap_err().to_string();
+        assert!(error.contains("cargo build --release -p tetherd"), "{error}");
+    }
+}

@@ -1,0 +1,161 @@
+//! `tether-bench`: a benchmark program (not a test). Starts its own `tetherd`
+//! child process per scenario, drives it over loopback, prints a table and
+//! one JSON line per scenario, and kills the server at the end.
+//!
+//! ```text
+//! cargo build --release -p tetherd -p tether-examples
+//! target/release/tether-bench latency --writes 2000
+//! target/release/tether-bench idle-memory --vehicles 10000
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tether_examples::bench::idle_memory::{self, IdleMemoryConfig};
+use tether_examples::bench::latency::{self, LatencyConfig};
+use tether_examples::bench::{Tetherd, TetherdOptions, print_report};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Benchmarks tetherd: end-to-end write latency, memory per idle vehicle.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The tetherd binary to start (one fresh instance per scenario).
+    #[arg(long, global = true, default_value = "target/release/tetherd")]
+    tetherd: PathBuf,
+    /// tetherd's log filter; its logs show here with RUST_LOG=tetherd=debug.
+    #[arg(long, global = true, default_value = "warn")]
+    tetherd_log: String,
+    /// Give up on a scenario after this long.
+    #[arg(long, global = true, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Sequential writes to one vehicle, each waiting until APPLIED:
+    /// end-to-end latency percentiles and throughput.
+    Latency(LatencyArgs),
+    /// tetherd's memory per idle vehicle, each on its own TCP connection.
+    IdleMemory(IdleMemoryArgs),
+    /// latency, then idle-memory with 1,000 and with 10,000 vehicles.
+    All,
+}
+
+#[derive(Debug, clap::Args)]
+struct LatencyArgs {
+    /// Measured writes.
+    #[arg(long, default_value_t = 2000)]
+    writes: usize,
+    /// Unmeasured writes first.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct IdleMemoryArgs {
+    /// Idle vehicles to connect, each on its own connection (bounded by this
+    /// process's open-files limit and tetherd's --max-connections, 18,000).
+    #[arg(long, default_value_t = 1000)]
+    vehicles: usize,
+    /// Connects in flight at once.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Spread connections over 127.0.0.1 .. 127.0.0.N (1: the kernel chooses).
+    #[arg(long, default_value_t = 1)]
+    source_addresses: u8,
+    /// How long to let tetherd settle before measuring.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+}
+
+impl IdleMemoryArgs {
+    fn config(&self) -> IdleMemoryConfig {
+        IdleMemoryConfig {
+            vehicles: self.vehicles,
+            concurrency: self.concurrency,
+            source_addresses: self.source_addresses,
+            settle: self.settle,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tether_examples::logging::init("info");
+    let options = TetherdOptions { path: args.tetherd.clone(), log: args.tetherd_log.clone(), args: Vec::new() };
+    let plan = match &args.scenario {
+        Scenario::Latency(a) => vec![Run::Latency(LatencyConfig { writes: a.writes, warmup: a.warmup })],
+        Scenario::IdleMemory(a) => vec![Run::IdleMemory(a.config())],
+        Scenario::All => {
+            let idle = |vehicles| IdleMemoryConfig {
+                vehicles,
+                concurrency: 200,
+                source_addresses: 1,
+                settle: Duration::from_secs(2),
+            };
+            vec![
+                Run::Latency(LatencyConfig { writes: 2000, warmup: 100 }),
+                Run::IdleMemory(idle(1000)),
+                Run::IdleMemory(idle(10_000)),
+            ]
+        }
+    };
+    let signals = signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)));
+    let (mut interrupt, mut terminate) = match signals {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("tether-bench: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for run in plan {
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(args.timeout, run.run(&options)) => outcome,
+            // Dropping the scenario kills its tetherd (kill_on_drop).
+            _ = interrupt.recv() => {
+                eprintln!("tether-bench: interrupted");
+                return ExitCode::from(130);
+            }
+            _ = terminate.recv() => {
+                eprintln!("tether-bench: terminated");
+                return ExitCode::from(143);
+            }
+        };
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("tether-bench: {e:#}");
+                return ExitCode::FAILURE;
+            }
+            Err(_) => {
+                eprintln!("tether-bench: gave up after {:?} (--timeout)", args.timeout);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// One scenario on a fresh tetherd.
+enum Run {
+    Latency(LatencyConfig),
+    IdleMemory(IdleMemoryConfig),
+}
+
+impl Run {
+    async fn run(&self, options: &TetherdOptions) -> anyhow::Result<()> {
+        let server = Tetherd::start(options).await?;
+        let outcome = match self {
+            Run::Latency(config) => latency::run(&server, config).await.map(|r| print_report(&r)),
+            Run::IdleMemory(config) => idle_memory::run(&server, config).await.map(|r| print_report(&r)),
+        };
+        server.stop().await?;
+        outcome
+    }
+}
