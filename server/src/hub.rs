@@ -15,6 +15,7 @@ use tether_proto::StateSchema;
 use tokio::sync::{oneshot, watch};
 
 use crate::core::{KeyLimits, VehicleRecord};
+use crate::router::Router;
 use crate::stats::Stats;
 use crate::store::{Durable, Store, StoreError, decode_record, encode_record};
 use tether_proto::vehicle::v1::GoodbyeReason;
@@ -150,6 +151,11 @@ impl VehicleCell {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
+
+    /// Wakes every receiver (the router calls this after a change).
+    pub fn notify(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
 }
 
 /// Vehicles by their earliest pending expiry, soonest first.
@@ -161,6 +167,7 @@ pub struct Hub {
     /// The state schema (the contract's, or a configured descriptor set).
     pub schema: StateSchema,
     store: Arc<dyn Store>,
+    router: Arc<dyn Router>,
     /// Idempotency key bounds.
     pub key_limits: KeyLimits,
     /// Live counters.
@@ -179,6 +186,7 @@ impl Hub {
     /// Loads every stored vehicle.
     pub fn load(
         store: Arc<dyn Store>,
+        router: Arc<dyn Router>,
         schema: StateSchema,
         key_limits: KeyLimits,
         stats: Arc<Stats>,
@@ -206,6 +214,7 @@ impl Hub {
             vehicles: RwLock::new(vehicles),
             schema,
             store,
+            router,
             key_limits,
             stats,
             expiries: Mutex::new(expiries),
@@ -275,7 +284,7 @@ impl Hub {
             self.arm_expiry(&cell.id, &mut inner);
         }
         drop(inner);
-        cell.changes.send_modify(|v| *v = v.wrapping_add(1));
+        self.router.changed(cell, change);
         (result, durable)
     }
 

@@ -2,8 +2,9 @@
 //! idempotent target-state commands from apps.
 //!
 //! Layers, inner to outer: [`core`] (command semantics, no I/O), [`store`]
-//! (durable records behind the `Store` trait), [`hub`] (per-vehicle cells:
-//! record, presence, change signal), [`service`] (gRPC services, status
+//! (durable records behind the `Store` trait), [`router`] (who acts on a
+//! change, behind the `Router` trait), [`hub`] (per-vehicle cells: record,
+//! presence, change signal), [`service`] (gRPC services, status
 //! mapping in one place), [`transport`] (accept loop and HTTP/2), [`server`]
 //! (assembly and graceful shutdown).
 
@@ -11,6 +12,7 @@ pub mod command;
 pub mod config;
 pub mod core;
 pub mod hub;
+pub mod router;
 pub mod server;
 pub mod service;
 pub mod stats;

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::core::KeyLimits;
 use crate::hub::Hub;
+use crate::router::LocalRouter;
 use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
 use crate::store::{RedbStore, Store};
@@ -92,8 +93,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| StartError::Store { dir: dir.clone(), reason: e.0 })?);
     let key_limits = KeyLimits { window: config.idempotency_window, max: config.max_keys_per_vehicle };
     let stats = Arc::new(Stats::default());
-    let hub =
-        Hub::load(store, schema, key_limits, stats.clone()).map_err(|e| StartError::Store { dir, reason: e.0 })?;
+    let hub = Hub::load(store, Arc::new(LocalRouter), schema, key_limits, stats.clone())
+        .map_err(|e| StartError::Store { dir, reason: e.0 })?;
     let hub = Arc::new(hub);
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
