@@ -1,10 +1,9 @@
-//! The `tetherd` command: parse the whole config, start, run until SIGINT or
-//! SIGTERM, shut down gracefully.
+//! The `tetherd` command: load and validate the whole config (file, env,
+//! flags), start, run until SIGINT or SIGTERM, shut down gracefully.
 
 use std::process::ExitCode;
 
-use crate::Config;
-use clap::Parser;
+use crate::config::{ConfigError, load};
 use tracing_subscriber::EnvFilter;
 
 /// Runs tetherd as a command (the `tetherd` binary is this function).
@@ -19,11 +18,22 @@ pub fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    let config = Config::parse();
-    if let Err(e) = config.validate() {
-        eprintln!("tetherd: invalid configuration: {e}");
-        return ExitCode::from(2);
+    let loaded = match load(std::env::args_os()) {
+        Ok(loaded) => loaded,
+        Err(ConfigError::Info(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tetherd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if loaded.config.print_config {
+        print!("{}", loaded.render());
+        return ExitCode::SUCCESS;
     }
+    let config = loaded.config;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log_format == "json" {
@@ -39,6 +49,9 @@ async fn run() -> ExitCode {
         }
     };
     eprintln!("tetherd: listening on {} — stop with Ctrl-C", server.local_addr());
+    if let Some(admin) = server.admin_addr() {
+        eprintln!("tetherd: metrics on http://{admin}/metrics");
+    }
     wait_for_signal().await;
     server.shutdown().await;
     ExitCode::SUCCESS

@@ -1,6 +1,11 @@
-//! tetherd's configuration: one struct, parsed fully from flags and `TETHER_*`
-//! environment variables before anything binds. Bad values exit with one clear
-//! line naming the flag.
+//! tetherd's configuration: one struct, parsed fully from a TOML file
+//! (`--config`), `TETHER_*` environment variables and flags, in that order of
+//! precedence, before anything binds (see [`load`]). Bad values exit with one
+//! clear line naming the key.
+
+mod layers;
+
+pub use layers::{ConfigError, Loaded, SECRET_KEYS, load};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,14 +17,41 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms, 15s or 5m: {e}"))
 }
 
+/// An address to listen on, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s == "off" {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse().map(|a| OptionalAddr(Some(a))).map_err(|_| format!("`{s}` is not an address like 127.0.0.1:9464, or off"))
+}
+
 /// How tetherd runs. Every option is also read from the environment variable
-/// named in its help (flags win).
+/// named in its help and from the key of the same name (snake_case) in the
+/// `--config` file; flags beat the environment, which beats the file.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tetherd", version, about = "tetherd: delivers target-state commands to connected vehicles")]
 pub struct Config {
+    /// A TOML file of settings (keys as in `--print-config`); the
+    /// environment and flags override it.
+    #[arg(long, env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (secrets redacted) as TOML, with
+    /// where each value came from, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address to serve gRPC on. Plaintext is for loopback development.
     #[arg(long, env = "TETHER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// Address of the admin HTTP endpoint (`/metrics` in the Prometheus text
+    /// format), or `off`. Loopback by default: it is for operators.
+    #[arg(long, env = "TETHER_ADMIN_LISTEN", default_value = "127.0.0.1:9464", value_parser = optional_addr)]
+    pub admin_listen: OptionalAddr,
 
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "TETHER_DATA_DIR", default_value = "tether-data")]
@@ -108,6 +140,11 @@ pub struct Config {
     #[arg(long, env = "TETHER_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// At shutdown, how long the node keeps accepting after health turned
+    /// NOT_SERVING (so load balancers notice) before it stops accepting.
+    #[arg(long, env = "TETHER_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
+    pub drain_delay: Duration,
+
     /// Vehicles told to reconnect after shutdown wait between this and twice this (jittered).
     #[arg(long, env = "TETHER_RECONNECT_HINT", default_value = "2s", value_parser = duration)]
     pub reconnect_hint: Duration,
@@ -124,22 +161,32 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Checks relations between values that single flags cannot.
+    /// Checks what single values cannot: ranges and relations. Each message
+    /// names the key (and its flag).
     pub fn validate(&self) -> Result<(), String> {
         if self.default_ttl.is_zero() || self.default_ttl > self.max_ttl {
             return Err(format!(
-                "--default-ttl ({:?}) must be above zero and at most --max-ttl ({:?})",
+                "default_ttl (--default-ttl) is {:?}: it must be above zero and at most max_ttl (--max-ttl, {:?})",
                 self.default_ttl, self.max_ttl
             ));
         }
         if self.heartbeat_interval < Duration::from_millis(10) {
-            return Err("--heartbeat-interval must be at least 10ms".into());
+            return Err("heartbeat_interval (--heartbeat-interval) must be at least 10ms".into());
         }
         if self.max_message_bytes < 1024 {
-            return Err("--max-message-bytes must be at least 1024".into());
+            return Err("max_message_bytes (--max-message-bytes) must be at least 1024".into());
         }
         if self.max_connections == 0 {
-            return Err("--max-connections must be at least 1".into());
+            return Err("max_connections (--max-connections) must be at least 1".into());
+        }
+        if self.shutdown_grace.is_zero() {
+            return Err("shutdown_grace (--shutdown-grace) must be above zero".into());
+        }
+        if self.admin_listen.0.is_some_and(|a| a == self.listen && a.port() != 0) {
+            return Err(format!(
+                "admin_listen (--admin-listen) is {}, the same address as listen (--listen): use another port",
+                self.listen
+            ));
         }
         Ok(())
     }
@@ -148,6 +195,7 @@ impl Config {
     pub fn for_tests(data_dir: PathBuf) -> Self {
         Config {
             listen: "127.0.0.1:0".parse().expect("valid"),
+            admin_listen: OptionalAddr(Some("127.0.0.1:0".parse().expect("valid"))),
             data_dir,
             heartbeat_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(3),
@@ -167,6 +215,8 @@ mod tests {
         let err = Config::try_parse_from(["tetherd", "--default-ttl", "soon"]).unwrap_err().to_string();
         assert!(err.contains("--default-ttl") && err.contains("not a duration"), "{err}");
         let cfg = Config::try_parse_from(["tetherd", "--default-ttl", "9d"]).unwrap();
-        assert!(cfg.validate().unwrap_err().contains("--max-ttl"));
+        assert!(cfg.validate().unwrap_err().contains("max_ttl (--max-ttl"));
+        let cfg = Config::try_parse_from(["tetherd", "--admin-listen", "off"]).unwrap();
+        assert_eq!(cfg.admin_listen, OptionalAddr(None));
     }
 }

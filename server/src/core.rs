@@ -9,7 +9,7 @@ mod record;
 
 pub use idempotency::{IdempotencyEntry, IdempotencyLog};
 pub use record::{
-    DesiredField, FieldOutcome, FieldReport, KeyLimits, Origin, Snapshot, SnapshotField, VehicleRecord, Write,
-    WriteError, WriteResult, is_final,
+    DesiredField, FieldOutcome, FieldReport, KeyLimits, Origin, Snapshot, SnapshotField, Transition, VehicleRecord,
+    Write, WriteError, WriteResult, is_final,
 };
 pub use tether_proto::common::v1::FieldStatus;

@@ -271,6 +271,13 @@ impl Hub {
     ) -> (R, Option<Durable>) {
         let mut inner = cell.lock();
         let (result, change) = f(&mut inner);
+        let transitions = inner.record.take_transitions();
+        if !transitions.is_empty() {
+            let now = SystemTime::now();
+            for t in transitions {
+                self.stats.field_reached(t.status, now.duration_since(t.set_at).unwrap_or_default());
+            }
+        }
         if !change.any() {
             return (result, None);
         }

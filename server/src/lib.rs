@@ -5,13 +5,17 @@
 //! (durable records behind the `Store` trait), [`router`] (who acts on a
 //! change, behind the `Router` trait), [`hub`] (per-vehicle cells: record,
 //! presence, change signal), [`service`] (gRPC services, status
-//! mapping in one place), [`transport`] (accept loop and HTTP/2), [`server`]
-//! (assembly and graceful shutdown).
+//! mapping in one place), [`transport`] (accept loop, HTTP/2 and HTTP/1.1
+//! for gRPC-Web), [`health`] (serving status), [`server`] (assembly and
+//! graceful shutdown).
 
+pub mod admin_http;
 pub mod command;
 pub mod config;
 pub mod core;
+pub mod health;
 pub mod hub;
+pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod service;

@@ -1,5 +1,5 @@
-//! Assembles a node: store, hub, services, transport and the expiry sweep;
-//! and takes it down gracefully.
+//! Assembles a node: store, hub, services (with health, reflection and
+//! gRPC-Web), transport and the expiry sweep; and takes it down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +14,12 @@ use tether_proto::vehicle::v1::vehicle_service_server::VehicleServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::Layer;
 
+use crate::admin_http::serve_admin;
 use crate::config::Config;
 use crate::core::KeyLimits;
+use crate::health::Health;
 use crate::hub::Hub;
 use crate::router::LocalRouter;
 use crate::service::{AdminApi, ControlApi, VehicleApi};
@@ -49,6 +52,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// The reflection service cannot read the descriptor sets.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -62,11 +68,15 @@ pub enum StartError {
 /// A running node.
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     hub: Arc<Hub>,
     admin: AdminApi,
+    health: Health,
+    draining: CancellationToken,
     grace: Duration,
+    drain_delay: Duration,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -99,31 +109,70 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let admin_listener = match config.admin_listen.0 {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?),
+        None => None,
+    };
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?),
+        None => None,
+    };
 
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
+    let draining = CancellationToken::new();
     let tasks = TaskTracker::new();
     let limit = config.max_message_bytes;
-    let vehicle = VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), tasks.clone());
+    let vehicle = VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), draining.clone(), tasks.clone());
     let control = ControlApi::new(hub.clone(), config.clone(), shutdown.clone());
     let admin = AdminApi::new(hub.clone(), tasks.clone());
+    let (health, health_service) = Health::serving().await;
+    // Reflection over the whole contract (with imports and comments) and the
+    // health service, so grpcurl and similar tools need no .proto files.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tether_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| StartError::Reflection(e.to_string()))?;
+    let control = ControlServiceServer::new(control).max_decoding_message_size(limit).max_encoding_message_size(limit);
     let routes = tonic::service::Routes::new(
         VehicleServiceServer::new(vehicle).max_decoding_message_size(limit).max_encoding_message_size(limit),
     )
-    .add_service(ControlServiceServer::new(control).max_decoding_message_size(limit).max_encoding_message_size(limit))
+    // gRPC-Web for the app-facing service only: browsers call apps' APIs,
+    // never a vehicle's session.
+    .add_service(tonic_web::GrpcWebLayer::new().layer(control))
     .add_service(AdminServiceServer::new(admin.clone()))
+    .add_service(health_service)
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha)
     .prepare();
     let service = OversizeAsResourceExhausted(routes);
 
     tasks.spawn(accept_loop(listener, service, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), shutdown.clone()));
+    if let Some(listener) = admin_listener {
+        tasks.spawn(serve_admin(listener, hub.clone(), tasks.clone(), shutdown.clone()));
+    }
     tracing::info!(
         addr = %local_addr,
         data_dir = %config.data_dir.display(),
         vehicles = hub.len(),
         "tetherd serving (plaintext gRPC)"
     );
-    Ok(ServerHandle { local_addr, shutdown, tasks, hub, admin, grace: config.shutdown_grace })
+    Ok(ServerHandle {
+        local_addr,
+        admin_addr,
+        shutdown,
+        tasks,
+        hub,
+        admin,
+        health,
+        draining,
+        grace: config.shutdown_grace,
+        drain_delay: config.drain_delay,
+    })
 }
 
 /// The shared expiry sweep: one task for the node, no per-vehicle timers.
@@ -149,6 +198,11 @@ impl ServerHandle {
         self.local_addr
     }
 
+    /// The bound admin (metrics) address, unless `admin_listen` is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The node's counts (as AdminService serves them).
     pub fn stats(&self) -> ServerStats {
         self.admin.stats()
@@ -164,13 +218,24 @@ impl ServerHandle {
         self.shutdown.cancelled()
     }
 
-    /// Graceful shutdown: stop accepting, say goodbye to every session
-    /// (with a jittered reconnect hint), answer waiting calls, let
-    /// connections drain within the grace period, then make every accepted
-    /// write durable and close the store.
+    /// Graceful shutdown. Drain first: health turns NOT_SERVING, new vehicle
+    /// sessions are refused and every session gets a goodbye with a jittered
+    /// reconnect hint; for `drain_delay` the node still accepts (health
+    /// checks and app calls), so load balancers notice. Then stop accepting,
+    /// answer waiting calls, let connections drain within the grace period,
+    /// make every accepted write durable and close the store.
     pub async fn shutdown(self) {
-        tracing::info!("shutting down");
+        tracing::info!(drain_delay = ?self.drain_delay, grace = ?self.grace, "draining");
+        self.health.draining().await;
+        self.draining.cancel();
         self.hub.kick_all(GoodbyeReason::ShuttingDown, "tetherd is shutting down");
+        if !self.drain_delay.is_zero() {
+            tokio::time::sleep(self.drain_delay).await;
+        }
+        tracing::info!("shutting down");
+        // Health watchers were told NOT_SERVING; end their streams so they
+        // do not hold connections open through the grace period.
+        self.health.close().await;
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(self.grace + Duration::from_secs(1), self.tasks.wait()).await.is_err() {

@@ -1,12 +1,16 @@
-//! The transport: our own accept loop and HTTP/2 connections (hyper), instead
+//! The transport: our own accept loop and HTTP connections (hyper), instead
 //! of tonic's `Server`, for four reasons:
 //! - at the open-files limit (EMFILE) tonic's accept loop retries at once and
 //!   spins a core; ours backs off;
 //! - a connection cap with a clear refusal (UNAVAILABLE with a message);
-//! - every HTTP/2 setting is ours to choose (see [`http2_builder`]);
+//! - every HTTP/2 setting is ours to choose (see [`connection_builder`]);
 //! - tonic's server-side `grpc-timeout` layer would end a waiting call as
 //!   CANCELLED; tetherd reads the deadline itself and answers
 //!   DEADLINE_EXCEEDED with the state still stored.
+//!
+//! A connection speaks HTTP/2 (gRPC) or HTTP/1.1 (gRPC-Web from browsers,
+//! which cannot speak HTTP/2 without TLS): hyper-util's auto builder reads
+//! the client's preface and picks one, on the same port.
 //!
 //! Every connection and every request runs on the server's `TaskTracker`, so
 //! the task count is observable and shutdown can wait for all of them.
@@ -25,6 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +38,9 @@ use tower::Service;
 
 use crate::config::Config;
 use crate::stats::{self, Gauge, Stats};
+
+/// The connection builder type (HTTP/1.1 and HTTP/2 on one port).
+pub type Builder = hyper_util::server::conn::auto::Builder<TrackedExecutor>;
 
 /// Runs hyper's per-request futures on the server's task tracker.
 #[derive(Clone)]
@@ -48,7 +56,8 @@ where
     }
 }
 
-/// The HTTP/2 settings of every connection. Chosen, not inherited:
+/// The connection builder: HTTP/2 with the settings below, or HTTP/1.1 for
+/// gRPC-Web. The HTTP/2 settings are chosen, not inherited:
 /// - keepalive PINGs detect peers that vanished without a FIN (a car in a
 ///   tunnel): interval and timeout from the config (30 s / 10 s);
 /// - a 64 KiB stream window fits the largest message; the 1 MiB connection
@@ -56,9 +65,14 @@ where
 /// - at most 1,000 concurrent streams per connection;
 /// - local-error resets are capped (hyper's `None` would disable h2's guard);
 /// - a 64 KiB send buffer per stream bounds memory held for slow readers.
-pub fn http2_builder(config: &Config, tasks: &TaskTracker) -> hyper::server::conn::http2::Builder<TrackedExecutor> {
-    let mut b = hyper::server::conn::http2::Builder::new(TrackedExecutor(tasks.clone()));
-    b.timer(TokioTimer::new())
+///
+/// HTTP/1.1 gets a header read timeout (the handshake timeout), so a peer
+/// that opens a connection and says nothing does not hold it.
+pub fn connection_builder(config: &Config, tasks: &TaskTracker) -> Builder {
+    let mut b = Builder::new(TrackedExecutor(tasks.clone()));
+    b.http1().timer(TokioTimer::new()).header_read_timeout(config.handshake_timeout).max_buf_size(64 * 1024);
+    b.http2()
+        .timer(TokioTimer::new())
         .keep_alive_interval(config.h2_keepalive_interval)
         .keep_alive_timeout(config.h2_keepalive_timeout)
         .initial_stream_window_size(config.h2_stream_window)
@@ -98,7 +112,7 @@ pub async fn accept_loop<S>(
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let builder = Arc::new(http2_builder(&config, &tasks));
+    let builder = Arc::new(connection_builder(&config, &tasks));
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -139,6 +153,7 @@ pub async fn accept_loop<S>(
         }
         let gauge = Gauge::new(&stats, |s| &s.connections);
         let service = service.clone();
+        let stream = Counted { inner: stream, stats: stats.clone() };
         tasks.spawn(async move {
             let _gauge = gauge;
             let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
@@ -159,13 +174,60 @@ pub async fn accept_loop<S>(
     }
 }
 
+/// A connection that counts the bytes it reads and writes (two relaxed
+/// atomic adds per I/O call).
+struct Counted {
+    inner: TcpStream,
+    stats: Arc<Stats>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            stats::add(&self.stats.bytes_in, (buf.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            stats::add(&self.stats.bytes_out, n as u64);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            stats::add(&self.stats.bytes_out, n as u64);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Serves an over-cap connection just long enough to tell the client why.
-async fn refuse(
-    stream: TcpStream,
-    peer: SocketAddr,
-    limit: usize,
-    builder: Arc<hyper::server::conn::http2::Builder<TrackedExecutor>>,
-) {
+async fn refuse(stream: TcpStream, peer: SocketAddr, limit: usize, builder: Arc<Builder>) {
     tracing::warn!(%peer, limit, "refusing a connection: at the connection limit");
     let refuser = tower::service_fn(move |_req: Request<Incoming>| async move {
         let status = tonic::Status::unavailable(format!(

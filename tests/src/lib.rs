@@ -75,6 +75,11 @@ impl TestServer {
         self.dir.path()
     }
 
+    /// The admin (metrics) address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.handle.as_ref().expect("running").admin_addr().expect("admin endpoint on")
+    }
+
     /// The node's counts, read in process.
     pub fn stats(&self) -> ServerStats {
         self.handle.as_ref().expect("running").stats()
@@ -158,6 +163,19 @@ impl RawVehicle {
         }
     }
 
+    /// Opens a session for `id` that the server must refuse; returns the status.
+    pub async fn refusal(channel: Channel, id: &str) -> tonic::Status {
+        let hello = Hello { vehicle_id: id.into(), agent_version: "raw-test".into(), ..Default::default() };
+        let mut v = match Self::open(channel, hello).await {
+            Ok(v) => v,
+            Err(status) => return status,
+        };
+        match tokio::time::timeout(BOUND, v.rx.message()).await {
+            Ok(Err(status)) => status,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
     /// The next server message (None when the stream ended), bounded by [`BOUND`].
     pub async fn next(&mut self) -> Option<server_message::Kind> {
         match tokio::time::timeout(BOUND, self.rx.message()).await {
@@ -221,7 +239,7 @@ impl ChildServer {
             }
         };
         let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -263,6 +281,21 @@ impl ChildServer {
     /// SIGKILL, no chance to flush anything.
     pub async fn kill_9(mut self) {
         self.child.kill().await.expect("kill -9");
+    }
+
+    /// SIGTERM (a real signal, as an orchestrator sends it), then waits for
+    /// the exit at most `bound`. Returns the exit status and how long the
+    /// process took to exit.
+    pub async fn terminate(mut self, bound: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = self.pid().expect("running");
+        let sent = std::time::Instant::now();
+        let kill = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        assert!(kill.expect("kill runs").success(), "kill -TERM {pid}");
+        let status = tokio::time::timeout(bound, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("tetherd did not exit within {bound:?} of SIGTERM"))
+            .expect("wait");
+        (status, sent.elapsed())
     }
 
     /// Whether a line of the child's log (warnings and errors) contains `text`.

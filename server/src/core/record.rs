@@ -195,6 +195,18 @@ pub struct VehicleRecord {
     pub actual: BTreeMap<Arc<str>, FieldValue>,
     /// Idempotency keys of recent writes.
     pub keys: IdempotencyLog,
+    /// Status changes not yet taken by the caller (for metrics); never
+    /// stored, emptied by [`take_transitions`](Self::take_transitions).
+    transitions: Vec<Transition>,
+}
+
+/// A field reaching a status, with when it was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The new status.
+    pub status: FieldStatus,
+    /// When the field's value was written.
+    pub set_at: SystemTime,
 }
 
 impl VehicleRecord {
@@ -298,6 +310,7 @@ impl VehicleRecord {
         for field in self.desired.values_mut() {
             if field.status == FieldStatus::Pending && field.expired(now) {
                 field.set_status(FieldStatus::Expired, "expired", "expired before it was delivered");
+                self.transitions.push(Transition { status: FieldStatus::Expired, set_at: field.set_at });
                 changed = true;
             }
         }
@@ -328,6 +341,11 @@ impl VehicleRecord {
         Snapshot { generation: self.generation, fields }
     }
 
+    /// The status changes since the last call, oldest first.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.transitions)
+    }
+
     /// The vehicle received the snapshot of `generation`: its pending fields
     /// are DELIVERED.
     pub fn acknowledge(&mut self, generation: u64) -> bool {
@@ -335,6 +353,7 @@ impl VehicleRecord {
         for field in self.desired.values_mut() {
             if field.status == FieldStatus::Pending && field.generation <= generation {
                 field.status = FieldStatus::Delivered;
+                self.transitions.push(Transition { status: FieldStatus::Delivered, set_at: field.set_at });
                 changed = true;
             }
         }
@@ -356,7 +375,10 @@ impl VehicleRecord {
             if is_final(field.status) || field.generation > last_applied {
                 continue;
             }
-            if self.actual.get(&field.value.path).is_some_and(|a| a.value == field.value.value) {
+            let applied = self.actual.get(&field.value.path).is_some_and(|a| a.value == field.value.value);
+            let status = if applied { FieldStatus::Applied } else { FieldStatus::Failed };
+            self.transitions.push(Transition { status, set_at: field.set_at });
+            if applied {
                 field.set_status(FieldStatus::Applied, "", "");
             } else {
                 field.set_status(
@@ -382,6 +404,7 @@ impl VehicleRecord {
                 FieldStatus::Applied | FieldStatus::Rejected | FieldStatus::Failed | FieldStatus::Expired
             ) {
                 field.set_status(result.status, &result.reason, &result.message);
+                self.transitions.push(Transition { status: result.status, set_at: field.set_at });
                 changed = true;
             }
         }
@@ -411,6 +434,7 @@ impl VehicleRecord {
             let wanted = paths.is_none_or(|p| p.contains(path));
             if wanted && !is_final(field.status) {
                 field.set_status(FieldStatus::Cancelled, "cancelled", &format!("cancelled at generation {next}"));
+                self.transitions.push(Transition { status: FieldStatus::Cancelled, set_at: field.set_at });
                 cancelled.push(FieldOutcome {
                     path: path.clone(),
                     status: FieldStatus::Cancelled,

@@ -18,7 +18,7 @@ use super::validate_vehicle_id;
 use crate::config::Config;
 use crate::core::{FieldOutcome, FieldStatus, Origin, Write, is_final};
 use crate::hub::{Change, Hub, VehicleCell, Versions};
-use crate::stats::Gauge;
+use crate::stats::{Gauge, WriteOutcome};
 
 /// Longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 128;
@@ -109,6 +109,7 @@ impl ControlApi {
             // ACCEPTED means on disk.
             durable.await.map_err(|_| crate::store::StoreError("the store stopped".into()))??;
         }
+        self.hub.stats.write(if result.replayed { WriteOutcome::Replayed } else { WriteOutcome::Accepted });
         let level = pb::WaitLevel::try_from(req.wait).unwrap_or(pb::WaitLevel::Unspecified);
         let outcomes = match level {
             pb::WaitLevel::Delivered | pb::WaitLevel::Applied => {
@@ -306,7 +307,21 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::SetDesiredRequest>,
     ) -> Result<Response<pb::SetDesiredResponse>, Status> {
-        Ok(Response::new(ControlApi::set_desired(self, req).await?))
+        let result = ControlApi::set_desired(self, req).await;
+        if let Err(e) = &result {
+            let outcome = match e {
+                ApiError::Offline(_) => Some(WriteOutcome::Offline),
+                ApiError::InvalidVehicleId(_)
+                | ApiError::InvalidArgument(_)
+                | ApiError::Field(_)
+                | ApiError::Write(_) => Some(WriteOutcome::Invalid),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                self.hub.stats.write(outcome);
+            }
+        }
+        Ok(Response::new(result?))
     }
 
     async fn get_vehicle(&self, req: Request<pb::GetVehicleRequest>) -> Result<Response<pb::Vehicle>, Status> {

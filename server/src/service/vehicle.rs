@@ -24,12 +24,13 @@ use tokio_util::task::TaskTracker;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::ApiError;
 use super::convert::ts;
 use super::validate_vehicle_id;
 use crate::config::Config;
 use crate::core::{FieldReport, FieldStatus};
 use crate::hub::{Change, Hub, VehicleCell};
-use crate::stats::{self, Gauge};
+use crate::stats::{self, Gauge, HandshakeFailure};
 
 /// Outbound messages buffered per session: a snapshot (only after the
 /// previous one was acknowledged), heartbeats (dropped when full) and a goodbye.
@@ -43,13 +44,21 @@ pub struct VehicleApi {
     hub: Arc<Hub>,
     config: Arc<Config>,
     shutdown: CancellationToken,
+    draining: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl VehicleApi {
-    /// A service over `hub`; sessions run on `tasks` and say goodbye at `shutdown`.
-    pub fn new(hub: Arc<Hub>, config: Arc<Config>, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
-        VehicleApi { hub, config, shutdown, tasks }
+    /// A service over `hub`; sessions run on `tasks`, are refused once
+    /// `draining` and say goodbye at `shutdown`.
+    pub fn new(
+        hub: Arc<Hub>,
+        config: Arc<Config>,
+        shutdown: CancellationToken,
+        draining: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        VehicleApi { hub, config, shutdown, draining, tasks }
     }
 }
 
@@ -99,36 +108,48 @@ impl Session {
     async fn run(self, mut inbound: Streaming<VehicleMessage>, tx: Outbound) {
         let hub = &self.api.hub;
         let config = &self.api.config;
+        let failed = |why| hub.stats.handshake_failed(why);
         let hello = match tokio::time::timeout(config.handshake_timeout, inbound.message()).await {
             Err(_) => {
+                failed(HandshakeFailure::Timeout);
                 let msg = format!("no Hello within {:?}", config.handshake_timeout);
                 let _ = tx.send(Err(Status::deadline_exceeded(msg))).await;
                 return;
             }
             Ok(Err(status)) => {
+                failed(HandshakeFailure::Stream);
                 if let End::Error(status) = inbound_error(status) {
                     let _ = tx.send(Err(status)).await;
                 }
                 return;
             }
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return failed(HandshakeFailure::Stream),
             Ok(Ok(Some(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }))) => hello,
             Ok(Ok(Some(_))) => {
+                failed(HandshakeFailure::NotHello);
                 let _ = tx.send(Err(Status::invalid_argument("the first message of a session must be Hello"))).await;
                 return;
             }
         };
         if let Err(e) = validate_vehicle_id(&hello.vehicle_id) {
+            failed(HandshakeFailure::InvalidVehicleId);
             let _ = tx.send(Err(e.into())).await;
             return;
         }
         let actual = match read_actual(hub, hello.actual.as_ref()) {
             Ok(actual) => actual,
             Err(e) => {
+                failed(HandshakeFailure::InvalidState);
                 let _ = tx.send(Err(Status::invalid_argument(format!("Hello.actual: {e}")))).await;
                 return;
             }
         };
+        if self.api.draining.is_cancelled() {
+            failed(HandshakeFailure::Draining);
+            let retry = "connect to another node or retry after the restart".to_string();
+            let _ = tx.send(Err(ApiError::ShuttingDown(retry).into())).await;
+            return;
+        }
         let results = read_results(hub, hello.results);
         let cell = hub.get_or_create(&hello.vehicle_id);
         let last_applied = hello.last_applied_generation;
@@ -219,6 +240,9 @@ impl Session {
                 },
                 _ = changes.changed() => {}
                 _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= config.heartbeat_interval {
+                        stats::bump(&self.api.hub.stats.heartbeat_misses);
+                    }
                     if last_heard.elapsed() >= silence_limit {
                         stats::bump(&self.api.hub.stats.sessions_timed_out);
                         return End::Goodbye(

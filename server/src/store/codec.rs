@@ -122,11 +122,9 @@ pub fn decode_record(
     limits: KeyLimits,
 ) -> Result<VehicleRecord, prost::DecodeError> {
     let stored = StoredVehicle::decode(bytes)?;
-    let mut record = VehicleRecord {
-        generation: stored.generation,
-        observed_generation: stored.observed_generation,
-        ..Default::default()
-    };
+    let mut record = VehicleRecord::default();
+    record.generation = stored.generation;
+    record.observed_generation = stored.observed_generation;
     for f in stored.desired {
         let value = match schema.split(&f.encoded) {
             Ok(mut values) if values.len() == 1 => values.remove(0),

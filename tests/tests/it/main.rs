@@ -3,13 +3,17 @@
 mod bad_input;
 mod cli;
 mod command_path;
+mod config;
+mod drain;
 mod durability;
 mod expiry;
 mod generic_state;
+mod metrics;
 mod raw_writes;
 mod sessions;
 mod simulator;
 mod slow_reader;
+mod surface;
 mod tidy;
 mod transport;
 

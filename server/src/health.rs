@@ -1,0 +1,48 @@
+//! The node's serving status for `grpc.health.v1.Health`: SERVING while it
+//! serves, NOT_SERVING from the moment it starts draining.
+//!
+//! Load balancers and orchestrators watch this to stop sending new work
+//! before the node stops accepting connections (see `drain_delay`).
+
+use tether_proto::admin::v1::admin_service_server::SERVICE_NAME as ADMIN;
+use tether_proto::app::v1::control_service_server::SERVICE_NAME as CONTROL;
+use tether_proto::vehicle::v1::vehicle_service_server::SERVICE_NAME as VEHICLE;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// The names whose status is reported: the whole node ("") and each service.
+pub const REPORTED: [&str; 4] = ["", VEHICLE, CONTROL, ADMIN];
+
+/// The serving status of the node and its services.
+#[derive(Debug, Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+}
+
+impl Health {
+    /// A status of SERVING for the node and every service, and the
+    /// `grpc.health.v1.Health` service reporting it.
+    pub async fn serving()
+    -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        for name in REPORTED {
+            reporter.set_service_status(name, ServingStatus::Serving).await;
+        }
+        (Health { reporter }, service)
+    }
+
+    /// Turns every status NOT_SERVING (watchers are told at once).
+    pub async fn draining(&self) {
+        for name in REPORTED {
+            self.reporter.set_service_status(name, ServingStatus::NotServing).await;
+        }
+    }
+
+    /// Ends every `Watch` stream (after its watcher was told NOT_SERVING), so
+    /// that no health watcher holds a connection open through shutdown.
+    pub async fn close(mut self) {
+        for name in REPORTED {
+            self.reporter.clear_service_status(name).await;
+        }
+    }
+}
