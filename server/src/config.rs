@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::tls::{IdentityFrom, TlsFiles};
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms, 15s or 5m: {e}"))
 }
@@ -112,6 +114,36 @@ pub struct Config {
     #[arg(long, env = "TETHER_RECONNECT_HINT", default_value = "2s", value_parser = duration)]
     pub reconnect_hint: Duration,
 
+    /// The server's certificate chain (PEM). With --tls-key and --client-ca,
+    /// tetherd serves TLS and requires a client certificate from every peer.
+    #[arg(long, env = "TETHER_TLS_CERT", requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The server's private key (PEM).
+    #[arg(long, env = "TETHER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA certificate(s) that issue vehicle and service certificates (PEM).
+    #[arg(long, env = "TETHER_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
+    /// A certificate revocation list (PEM); repeat for several.
+    #[arg(long = "crl", env = "TETHER_CRLS", value_delimiter = ',', requires = "tls_cert")]
+    pub crls: Vec<PathBuf>,
+
+    /// Which part of a client certificate names the vehicle: its first DNS
+    /// subject alternative name, or its common name.
+    #[arg(long, env = "TETHER_VEHICLE_IDENTITY", value_enum, default_value = "san")]
+    pub vehicle_identity: IdentityFrom,
+
+    /// Longest a TLS handshake may take.
+    #[arg(long, env = "TETHER_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// TLS handshakes allowed in flight (a reconnect storm queues beyond it).
+    #[arg(long, env = "TETHER_MAX_HANDSHAKES", default_value_t = 256)]
+    pub max_handshakes: usize,
+
     /// Log format: text or json.
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -141,7 +173,27 @@ impl Config {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
+        if self.tls_cert.is_none() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve plaintext on {}: without TLS tetherd listens on loopback only. \
+                 Pass --tls-cert, --tls-key and --client-ca (a development PKI: `tether certs --out DIR`)",
+                self.listen
+            ));
+        }
+        if self.max_handshakes == 0 {
+            return Err("--max-handshakes must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The TLS files, when TLS is configured.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.client_ca.clone()?,
+            crls: self.crls.clone(),
+        })
     }
 
     /// The config for tests: loopback on an ephemeral port, fast heartbeats.
@@ -168,5 +220,10 @@ mod tests {
         assert!(err.contains("--default-ttl") && err.contains("not a duration"), "{err}");
         let cfg = Config::try_parse_from(["tetherd", "--default-ttl", "9d"]).unwrap();
         assert!(cfg.validate().unwrap_err().contains("--max-ttl"));
+        let open = Config::try_parse_from(["tetherd", "--listen", "0.0.0.0:50051"]).unwrap();
+        let err = open.validate().unwrap_err();
+        assert!(err.contains("refusing to serve plaintext on 0.0.0.0:50051") && err.contains("--tls-cert"), "{err}");
+        let half = Config::try_parse_from(["tetherd", "--tls-cert", "c.pem"]).unwrap_err().to_string();
+        assert!(half.contains("--tls-key") && half.contains("--client-ca"), "{half}");
     }
 }

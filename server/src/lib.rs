@@ -17,6 +17,7 @@ pub mod server;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 pub use config::Config;

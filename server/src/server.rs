@@ -22,7 +22,7 @@ use crate::router::LocalRouter;
 use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
 use crate::store::{RedbStore, Store};
-use crate::transport::{OversizeAsResourceExhausted, accept_loop};
+use crate::transport::{OversizeAsResourceExhausted, TlsTermination, accept_loop};
 
 /// How often the shared expiry sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -49,6 +49,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// TLS cannot be set up.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -88,6 +91,16 @@ fn load_schema(config: &Config) -> Result<StateSchema, StartError> {
 pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     config.validate().map_err(StartError::Config)?;
     let schema = load_schema(&config)?;
+    let tls = match config.tls_files() {
+        None => None,
+        Some(files) => Some(TlsTermination {
+            acceptor: crate::tls::acceptor(&files)?,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),
+            timeout: config.tls_handshake_timeout,
+            identity_from: config.vehicle_identity,
+        }),
+    };
+    let secure = tls.is_some();
     let dir = config.data_dir.display().to_string();
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| StartError::Store { dir: dir.clone(), reason: e.0 })?);
@@ -115,13 +128,14 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     .prepare();
     let service = OversizeAsResourceExhausted(routes);
 
-    tasks.spawn(accept_loop(listener, service, config.clone(), stats, tasks.clone(), shutdown.clone()));
+    tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), shutdown.clone()));
     tracing::info!(
         addr = %local_addr,
         data_dir = %config.data_dir.display(),
         vehicles = hub.len(),
-        "tetherd serving (plaintext gRPC)"
+        tls = secure,
+        "tetherd serving gRPC"
     );
     Ok(ServerHandle { local_addr, shutdown, tasks, hub, admin, grace: config.shutdown_grace })
 }

@@ -22,6 +22,8 @@ pub struct Stats {
     pub sessions_superseded: AtomicU64,
     /// Connections refused at the connection cap since start.
     pub connections_refused: AtomicU64,
+    /// TLS handshakes that failed (refused or timed out) since start.
+    pub handshake_failures: AtomicU64,
 }
 
 /// Increments a gauge for as long as it lives.

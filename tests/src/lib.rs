@@ -80,6 +80,12 @@ impl TestServer {
         self.handle.as_ref().expect("running").stats()
     }
 
+    /// TLS handshakes the server refused or timed out so far.
+    pub fn handshake_failures(&self) -> u64 {
+        let hub = self.handle.as_ref().expect("running").hub();
+        hub.stats.handshake_failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A new connection to the server.
     pub async fn channel(&self) -> Channel {
         channel(&self.url()).await

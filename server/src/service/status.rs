@@ -23,6 +23,14 @@ pub enum ApiError {
     /// A write refused by the command semantics.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A connection authenticated as one vehicle tried to act as another.
+    #[error("this connection's certificate is for vehicle {certificate:?}; it may not act as {hello:?}")]
+    WrongVehicle {
+        /// The vehicle the certificate names.
+        certificate: String,
+        /// The vehicle the message named.
+        hello: String,
+    },
     /// The vehicle is unknown.
     #[error("vehicle {0:?} is unknown: it has never connected nor been written to")]
     NotFound(String),
@@ -47,6 +55,7 @@ impl From<ApiError> for Status {
             ApiError::Write(WriteError::KeyReused { .. }) => Code::AlreadyExists,
             ApiError::Write(WriteError::GenerationMismatch { .. }) => Code::Aborted,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::WrongVehicle { .. } => Code::PermissionDenied,
             ApiError::Offline(_) | ApiError::ShuttingDown(_) => Code::Unavailable,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Store(inner) => {

@@ -24,12 +24,14 @@ use tokio_util::task::TaskTracker;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::ApiError;
 use super::convert::ts;
 use super::validate_vehicle_id;
 use crate::config::Config;
 use crate::core::{FieldReport, FieldStatus};
 use crate::hub::{Change, Hub, VehicleCell};
 use crate::stats::{self, Gauge};
+use crate::tls::PeerIdentity;
 
 /// Outbound messages buffered per session: a snapshot (only after the
 /// previous one was acknowledged), heartbeats (dropped when full) and a goodbye.
@@ -59,7 +61,8 @@ impl VehicleService for VehicleApi {
 
     async fn connect(&self, req: Request<Streaming<VehicleMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOUND);
-        let session = Session { api: self.clone() };
+        let identity = req.extensions().get::<Arc<PeerIdentity>>().cloned();
+        let session = Session { api: self.clone(), identity };
         self.tasks.spawn(session.run(req.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -67,6 +70,8 @@ impl VehicleService for VehicleApi {
 
 struct Session {
     api: VehicleApi,
+    /// The verified identity of the connection (TLS), if any.
+    identity: Option<Arc<PeerIdentity>>,
 }
 
 /// How a session ends.
@@ -119,6 +124,12 @@ impl Session {
             }
         };
         if let Err(e) = validate_vehicle_id(&hello.vehicle_id) {
+            let _ = tx.send(Err(e.into())).await;
+            return;
+        }
+        if let Some(identity) = self.identity.as_ref().filter(|i| i.name != hello.vehicle_id) {
+            tracing::warn!(certificate = %identity.name, hello = %hello.vehicle_id, "refused: Hello names another vehicle");
+            let e = ApiError::WrongVehicle { certificate: identity.name.clone(), hello: hello.vehicle_id.clone() };
             let _ = tx.send(Err(e.into())).await;
             return;
         }
@@ -190,6 +201,15 @@ impl Session {
         let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let silence_limit = config.heartbeat_interval * config.heartbeat_misses;
+        // A session lives no longer than the certificate that opened it.
+        let expires = self.identity.as_ref().map(|i| i.not_after);
+        let credentials_expire = async move {
+            match expires {
+                Some(at) => tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(credentials_expire);
         let mut last_heard = Instant::now();
         let mut sequence = 0u64;
         loop {
@@ -207,6 +227,12 @@ impl Session {
                     };
                 }
                 () = tx.closed() => return End::Quiet,
+                () = &mut credentials_expire => {
+                    return End::Goodbye(
+                        GoodbyeReason::CredentialsExpired,
+                        "the client certificate of this session expired; reconnect with a renewed one".into(),
+                    );
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(msg)) => {
                         last_heard = Instant::now();

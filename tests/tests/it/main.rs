@@ -11,6 +11,7 @@ mod sessions;
 mod simulator;
 mod slow_reader;
 mod tidy;
+mod tls;
 mod transport;
 
 use tether_proto::RawState;
