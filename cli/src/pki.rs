@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -19,6 +19,8 @@ pub struct Issued {
     pub cert_pem: String,
     /// The private key (PEM, unencrypted).
     pub key_pem: String,
+    /// The certificate's serial number (big-endian bytes), to revoke it.
+    pub serial: Vec<u8>,
 }
 
 /// A development certificate authority.
@@ -58,6 +60,30 @@ impl DevCa {
         Ok(DevCa { cert_pem: cert.pem(), key_pem, issuer: Issuer::new(params, key) })
     }
 
+    /// A certificate revocation list revoking `serials`, signed by this CA (PEM).
+    pub fn crl(&self, serials: &[&[u8]]) -> Result<String, rcgen::Error> {
+        let now = SystemTime::now();
+        let params = CertificateRevocationListParams {
+            this_update: when(now - Duration::from_secs(60)),
+            next_update: when(now + Duration::from_secs(86_400)),
+            crl_number: SerialNumber::from(
+                u64::try_from(now.duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos())).unwrap_or(1),
+            ),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: when(now - Duration::from_secs(1)),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer)?.pem()
+    }
+
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, names: &[&str], valid_for: Duration) -> Result<Issued, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -86,9 +112,14 @@ impl DevCa {
         params.not_before = when(from);
         params.not_after = when(until);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // A positive 8-byte serial (top bit clear: no sign padding in DER).
+        let mut serial: [u8; 8] = rand::random();
+        serial[0] &= 0x7f;
+        serial[0] |= 0x01;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: serial.to_vec() })
     }
 }
 
@@ -116,7 +147,7 @@ pub fn write_dev_pki(dir: &Path, vehicles: &[String], services: &[String], days:
         }
         Ok(())
     };
-    put("ca", &Issued { cert_pem: ca.cert_pem.clone(), key_pem: ca.key_pem.clone() })?;
+    put("ca", &Issued { cert_pem: ca.cert_pem.clone(), key_pem: ca.key_pem.clone(), serial: Vec::new() })?;
     put("server", &ca.server(&["localhost", "127.0.0.1", "::1"], valid)?)?;
     for name in vehicles.iter().chain(services) {
         put(name, &ca.client(name, now - Duration::from_secs(60), now + valid)?)?;

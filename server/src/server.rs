@@ -22,6 +22,7 @@ use crate::router::LocalRouter;
 use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
 use crate::store::{RedbStore, Store};
+use crate::tls::TlsState;
 use crate::transport::{OversizeAsResourceExhausted, TlsTermination, accept_loop};
 
 /// How often the shared expiry sweep runs.
@@ -91,15 +92,13 @@ fn load_schema(config: &Config) -> Result<StateSchema, StartError> {
 pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     config.validate().map_err(StartError::Config)?;
     let schema = load_schema(&config)?;
-    let tls = match config.tls_files() {
-        None => None,
-        Some(files) => Some(TlsTermination {
-            acceptor: crate::tls::acceptor(&files)?,
-            handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),
-            timeout: config.tls_handshake_timeout,
-            identity_from: config.vehicle_identity,
-        }),
-    };
+    let tls_state = config.tls_files().map(TlsState::load).transpose()?.map(Arc::new);
+    let tls = tls_state.as_ref().map(|state| TlsTermination {
+        state: state.clone(),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),
+        timeout: config.tls_handshake_timeout,
+        identity_from: config.vehicle_identity,
+    });
     let secure = tls.is_some();
     let dir = config.data_dir.display().to_string();
     let store: Arc<dyn Store> =
@@ -117,7 +116,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let limit = config.max_message_bytes;
-    let vehicle = VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), tasks.clone());
+    let revoked = tls_state.as_ref().map(|s| s.revoked());
+    let vehicle = VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), tasks.clone(), revoked);
     let control = ControlApi::new(hub.clone(), config.clone(), shutdown.clone());
     let admin = AdminApi::new(hub.clone(), tasks.clone());
     let routes = tonic::service::Routes::new(
@@ -130,6 +130,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
 
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), shutdown.clone()));
+    if let Some(state) = tls_state {
+        tasks.spawn(reload_tls(state, shutdown.clone()));
+    }
     tracing::info!(
         addr = %local_addr,
         data_dir = %config.data_dir.display(),
@@ -153,6 +156,29 @@ async fn sweep(hub: Arc<Hub>, shutdown: CancellationToken) {
                     tracing::debug!(vehicles = expired, "expired undelivered fields");
                 }
             }
+        }
+    }
+}
+
+/// How often TLS files are checked for changes.
+const TLS_POLL: Duration = Duration::from_millis(250);
+
+/// Reloads certificates, key, CA and CRLs when they change on disk or on
+/// SIGHUP; a file that does not load keeps the previous configuration.
+async fn reload_tls(state: Arc<TlsState>, shutdown: CancellationToken) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(TLS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let force = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        match state.reload(force) {
+            Ok(true) => tracing::info!("TLS configuration reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous configuration"),
         }
     }
 }

@@ -6,14 +6,16 @@
 //! name, or its common name (configurable). The identity travels to the
 //! services as a request extension ([`PeerIdentity`]).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 /// Which part of the client certificate names the peer.
@@ -33,7 +35,13 @@ pub struct PeerIdentity {
     pub name: String,
     /// When the certificate expires: a session ends then.
     pub not_after: SystemTime,
+    /// The certificate's serial number (big-endian bytes): a session ends
+    /// when a reloaded CRL revokes it.
+    pub serial: Vec<u8>,
 }
+
+/// Serial numbers revoked by the loaded CRLs.
+pub type Revoked = Arc<HashSet<Vec<u8>>>;
 
 /// Why TLS could not be set up. Each message names the file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +76,9 @@ pub struct TlsFiles {
     pub crls: Vec<PathBuf>,
 }
 
-/// Builds the acceptor: client certificates from `client_ca` are required.
-pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
+/// Builds the server config (client certificates from `client_ca` required)
+/// and the set of revoked serials.
+fn build(files: &TlsFiles) -> Result<(Arc<rustls::ServerConfig>, Revoked), TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| file_error(&files.cert, e))?
         .collect::<Result<_, _>>()
@@ -87,9 +96,13 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
         return Err(file_error(&files.client_ca, "no CA certificate found (expected PEM)"));
     }
     let mut crls = Vec::new();
+    let mut revoked = HashSet::new();
     for path in &files.crls {
         for crl in CertificateRevocationListDer::pem_file_iter(path).map_err(|e| file_error(path, e))? {
-            crls.push(crl.map_err(|e| file_error(path, e))?);
+            let crl = crl.map_err(|e| file_error(path, e))?;
+            let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| file_error(path, e))?;
+            revoked.extend(parsed.iter_revoked_certificates().map(|r| r.raw_serial().to_vec()));
+            crls.push(crl);
         }
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(
@@ -107,7 +120,67 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))?;
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((Arc::new(config), Arc::new(revoked)))
+}
+
+/// The server's TLS, reloadable: certificate, key, CA and CRLs are read again
+/// when their contents change (polled) or on SIGHUP, without dropping any
+/// connection; a bad file keeps the previous configuration.
+pub struct TlsState {
+    files: TlsFiles,
+    config: RwLock<(Arc<rustls::ServerConfig>, u64)>,
+    revoked: watch::Sender<Revoked>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+impl TlsState {
+    /// Loads the files; fails with a message naming the file.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let fingerprint = fingerprint(&files)?;
+        let (config, revoked) = build(&files)?;
+        Ok(TlsState { files, config: RwLock::new((config, fingerprint)), revoked: watch::channel(revoked).0 })
+    }
+
+    /// An acceptor with the current configuration.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.read().unwrap_or_else(|p| p.into_inner()).0.clone())
+    }
+
+    /// The revoked serials, updated at every reload.
+    pub fn revoked(&self) -> watch::Receiver<Revoked> {
+        self.revoked.subscribe()
+    }
+
+    /// Reloads when a file's contents changed (or always, with `force`).
+    /// Returns whether a new configuration is in use.
+    pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
+        let fingerprint = fingerprint(&self.files)?;
+        if !force && self.config.read().unwrap_or_else(|p| p.into_inner()).1 == fingerprint {
+            return Ok(false);
+        }
+        let (config, revoked) = build(&self.files)?;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = (config, fingerprint);
+        self.revoked.send_replace(revoked);
+        Ok(true)
+    }
+}
+
+/// A hash of every TLS file's contents (FNV-1a: cheap, stable).
+fn fingerprint(files: &TlsFiles) -> Result<u64, TlsError> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for path in [&files.cert, &files.key, &files.client_ca].into_iter().chain(&files.crls) {
+        let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
+        for b in bytes.iter().chain(path.as_os_str().as_encoded_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(h)
 }
 
 /// Reads the identity from a verified client certificate.
@@ -125,5 +198,6 @@ pub fn identity(cert: &CertificateDer<'_>, from: IdentityFrom) -> Option<PeerIde
         }
     }?;
     let secs = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
-    Some(PeerIdentity { name, not_after: UNIX_EPOCH + Duration::from_secs(secs) })
+    let serial = parsed.raw_serial().to_vec();
+    Some(PeerIdentity { name, not_after: UNIX_EPOCH + Duration::from_secs(secs), serial })
 }

@@ -177,8 +177,8 @@ pub async fn accept_loop<S>(
 /// established sessions of CPU.
 #[derive(Clone)]
 pub struct TlsTermination {
-    /// The rustls acceptor (client certificates required).
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The reloadable TLS configuration (client certificates required).
+    pub state: Arc<crate::tls::TlsState>,
     /// Handshakes allowed in flight.
     pub handshakes: Arc<tokio::sync::Semaphore>,
     /// Longest a handshake may take.
@@ -199,7 +199,7 @@ impl TlsTermination {
             () = shutdown.cancelled() => return None,
             permit = self.handshakes.clone().acquire_owned() => permit.ok()?,
         };
-        match tokio::time::timeout(self.timeout, self.acceptor.accept(stream)).await {
+        match tokio::time::timeout(self.timeout, self.state.acceptor().accept(stream)).await {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {
                 stats::bump(&stats.handshake_failures);

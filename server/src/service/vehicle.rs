@@ -16,7 +16,7 @@ use tether_proto::vehicle::v1::{
     self as pb, DesiredState, FieldMeta, GoodbyeReason, ServerMessage, VehicleMessage, server_message, vehicle_message,
 };
 use tether_proto::{FieldError, FieldValue, StateSchema};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::core::{FieldReport, FieldStatus};
 use crate::hub::{Change, Hub, VehicleCell};
 use crate::stats::{self, Gauge};
-use crate::tls::PeerIdentity;
+use crate::tls::{PeerIdentity, Revoked};
 
 /// Outbound messages buffered per session: a snapshot (only after the
 /// previous one was acknowledged), heartbeats (dropped when full) and a goodbye.
@@ -46,12 +46,21 @@ pub struct VehicleApi {
     config: Arc<Config>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Serials revoked by the current CRLs (TLS only).
+    revoked: Option<watch::Receiver<Revoked>>,
 }
 
 impl VehicleApi {
-    /// A service over `hub`; sessions run on `tasks` and say goodbye at `shutdown`.
-    pub fn new(hub: Arc<Hub>, config: Arc<Config>, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
-        VehicleApi { hub, config, shutdown, tasks }
+    /// A service over `hub`; sessions run on `tasks`, say goodbye at
+    /// `shutdown`, and end when `revoked` comes to list their certificate.
+    pub fn new(
+        hub: Arc<Hub>,
+        config: Arc<Config>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+        revoked: Option<watch::Receiver<Revoked>>,
+    ) -> Self {
+        VehicleApi { hub, config, shutdown, tasks, revoked }
     }
 }
 
@@ -210,6 +219,10 @@ impl Session {
             }
         };
         tokio::pin!(credentials_expire);
+        // A session ends as soon as a reloaded CRL revokes its certificate.
+        let serial = self.identity.as_ref().map(|i| i.serial.clone());
+        let mut revoked = self.api.revoked.clone().filter(|_| serial.is_some());
+        let is_revoked = |set: &Revoked| serial.as_ref().is_some_and(|s| set.contains(s));
         let mut last_heard = Instant::now();
         let mut sequence = 0u64;
         loop {
@@ -227,6 +240,14 @@ impl Session {
                     };
                 }
                 () = tx.closed() => return End::Quiet,
+                Ok(()) = async { match revoked.as_mut() { Some(r) => r.changed().await, None => std::future::pending().await } } => {
+                    if revoked.as_ref().is_some_and(|r| is_revoked(&r.borrow())) {
+                        return End::Goodbye(
+                            GoodbyeReason::CredentialsExpired,
+                            "the client certificate of this session was revoked".into(),
+                        );
+                    }
+                }
                 () = &mut credentials_expire => {
                     return End::Goodbye(
                         GoodbyeReason::CredentialsExpired,

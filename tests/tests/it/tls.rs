@@ -33,11 +33,15 @@ impl Pki {
     }
 
     async fn server(&self) -> TestServer {
-        let (cert, key, ca) = (self.path("server.pem"), self.path("server.key"), self.path("ca.pem"));
+        let (cert, key, ca, crl) =
+            (self.path("server.pem"), self.path("server.key"), self.path("ca.pem"), self.path("fleet.crl"));
+        // An empty CRL to start with; tests revoke by rewriting it.
+        std::fs::write(&crl, self.ca.crl(&[]).unwrap()).unwrap();
         TestServer::start_with(move |c| {
             c.tls_cert = Some(cert);
             c.tls_key = Some(key);
             c.client_ca = Some(ca);
+            c.crls = vec![crl];
         })
         .await
     }
@@ -59,7 +63,17 @@ async fn connect(
     ca_pem: &str,
     identity: Option<&Issued>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
+    connect_as(server, ca_pem, identity, "localhost").await
+}
+
+/// Like [`connect`], expecting the server certificate to name `domain`.
+async fn connect_as(
+    server: &TestServer,
+    ca_pem: &str,
+    identity: Option<&Issued>,
+    domain: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(domain);
     if let Some(id) = identity {
         tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
     }
@@ -201,7 +215,73 @@ async fn the_cli_makes_a_development_pki_that_works() {
     })
     .await;
     let read = |name: &str| std::fs::read_to_string(path(name)).unwrap();
-    let car = Issued { cert_pem: read("car-9.pem"), key_pem: read("car-9.key") };
+    let car = Issued { cert_pem: read("car-9.pem"), key_pem: read("car-9.key"), serial: Vec::new() };
     let channel = connect(&server, &read("ca.pem"), Some(&car)).await.unwrap();
     assert!(matches!(hello(channel, "car-9").await.unwrap().0, server_message::Kind::Welcome(_)));
+}
+
+#[tokio::test]
+async fn revoking_a_connected_vehicle_closes_its_session_within_a_second() {
+    let pki = Pki::new();
+    let server = pki.server().await;
+    let car = pki.vehicle("car-r", Duration::from_secs(3600));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let greeting = Hello { vehicle_id: "car-r".into(), actual: Some(RawState::default()), ..Default::default() };
+    tx.send(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(greeting)) }).await.unwrap();
+    let mut stream = VehicleServiceClient::new(channel).connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert!(matches!(stream.message().await.unwrap().and_then(|m| m.kind), Some(server_message::Kind::Welcome(_))));
+
+    let revoked_at = std::time::Instant::now();
+    std::fs::write(pki.path("fleet.crl"), pki.ca.crl(&[&car.serial]).unwrap()).unwrap();
+    let goodbye = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await.unwrap().and_then(|m| m.kind) {
+                Some(server_message::Kind::Goodbye(g)) => return g,
+                Some(_) => continue,
+                None => panic!("closed without a goodbye"),
+            }
+        }
+    })
+    .await
+    .expect("a goodbye");
+    let took = revoked_at.elapsed();
+    assert!(goodbye.message.contains("revoked"), "{goodbye:?}");
+    assert!(took < Duration::from_secs(1), "closed {took:?} after the CRL changed");
+    drop(tx);
+
+    // It cannot come back; another vehicle can.
+    let again = match connect(&server, &pki.ca.cert_pem, Some(&car)).await {
+        Err(_) => true,
+        Ok(channel) => hello(channel, "car-r").await.is_err(),
+    };
+    assert!(again, "a revoked certificate is refused at the handshake");
+    let other = pki.vehicle("car-ok", Duration::from_secs(3600));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&other)).await.unwrap();
+    assert!(matches!(hello(channel, "car-ok").await.unwrap().0, server_message::Kind::Welcome(_)));
+}
+
+#[tokio::test]
+async fn a_new_server_certificate_is_used_without_dropping_sessions() {
+    let pki = Pki::new();
+    let server = pki.server().await;
+    let car = pki.vehicle("car-k", Duration::from_secs(3600));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap();
+    let (welcome, tx) = hello(channel, "car-k").await.unwrap();
+    assert!(matches!(welcome, server_message::Kind::Welcome(_)));
+    // The first certificate does not name tether.test.
+    assert!(connect_as(&server, &pki.ca.cert_pem, Some(&car), "tether.test").await.is_err());
+
+    let renewed = pki.ca.server(&["tether.test", "localhost"], Duration::from_secs(3600)).unwrap();
+    // Key first, then certificate: a poll between the two writes fails to
+    // load and keeps the previous configuration.
+    std::fs::write(pki.path("server.key"), &renewed.key_pem).unwrap();
+    std::fs::write(pki.path("server.pem"), &renewed.cert_pem).unwrap();
+    eventually("the renewed certificate is served", BOUND, || async {
+        connect_as(&server, &pki.ca.cert_pem, Some(&car), "tether.test").await.ok().map(|_| ())
+    })
+    .await;
+    // The session opened before the reload is still alive.
+    assert_eq!(server.stats().sessions, 1);
+    drop(tx);
 }
