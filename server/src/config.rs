@@ -10,6 +10,15 @@ use clap::Parser;
 
 use crate::tls::{IdentityFrom, TlsFiles};
 
+fn service_scopes(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, scopes)) if !name.is_empty() && !scopes.trim().is_empty() => {
+            Ok((name.to_string(), scopes.to_string()))
+        }
+        _ => Err(format!("`{s}` is not NAME=SCOPES, e.g. app=vehicles:read vehicles:control")),
+    }
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms, 15s or 5m: {e}"))
 }
@@ -143,6 +152,25 @@ pub struct Config {
     /// TLS handshakes allowed in flight (a reconnect storm queues beyond it).
     #[arg(long, env = "TETHER_MAX_HANDSHAKES", default_value_t = 256)]
     pub max_handshakes: usize,
+
+    /// A JWKS file (JSON) of the keys app tokens are signed with; each key has
+    /// a `kid` and an `alg` of ES256, EdDSA or RS256. Rotate keys by editing it.
+    #[arg(long, env = "TETHER_JWKS", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub jwks: Option<PathBuf>,
+
+    /// The issuer (`iss`) tokens must name.
+    #[arg(long, env = "TETHER_JWT_ISSUER", requires = "jwks")]
+    pub jwt_issuer: Option<String>,
+
+    /// The audience (`aud`) tokens must name.
+    #[arg(long, env = "TETHER_JWT_AUDIENCE", requires = "jwks")]
+    pub jwt_audience: Option<String>,
+
+    /// A service that authenticates with its client certificate, and its
+    /// scopes: `NAME=SCOPE SCOPE...` (e.g. `app=vehicles:read vehicles:control`).
+    /// Repeat for several.
+    #[arg(long = "service", env = "TETHER_SERVICES", value_delimiter = ';', value_parser = service_scopes)]
+    pub services: Vec<(String, String)>,
 
     /// Log format: text or json.
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]

@@ -8,6 +8,7 @@
 //! mapping in one place), [`transport`] (accept loop and HTTP/2), [`server`]
 //! (assembly and graceful shutdown).
 
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod core;

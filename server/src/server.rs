@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Authenticate, Authenticator, Scopes};
 use crate::config::Config;
 use crate::core::KeyLimits;
 use crate::hub::Hub;
@@ -50,6 +51,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// App authentication cannot be set up.
+    #[error("cannot set up app authentication: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
     /// TLS cannot be set up.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -100,6 +104,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         identity_from: config.vehicle_identity,
     });
     let secure = tls.is_some();
+    let auth = Arc::new(authenticator(&config, secure)?);
     let dir = config.data_dir.display().to_string();
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| StartError::Store { dir: dir.clone(), reason: e.0 })?);
@@ -126,7 +131,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     .add_service(ControlServiceServer::new(control).max_decoding_message_size(limit).max_encoding_message_size(limit))
     .add_service(AdminServiceServer::new(admin.clone()))
     .prepare();
-    let service = OversizeAsResourceExhausted(routes);
+    let service = OversizeAsResourceExhausted(Authenticate::new(routes, auth));
 
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), shutdown.clone()));
@@ -141,6 +146,21 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         "tetherd serving gRPC"
     );
     Ok(ServerHandle { local_addr, shutdown, tasks, hub, admin, grace: config.shutdown_grace })
+}
+
+/// How apps authenticate: open (everyone may do everything) only without
+/// TLS — which tetherd serves on loopback only — and without keys or
+/// services; otherwise a verified token or a known service certificate.
+fn authenticator(config: &Config, secure: bool) -> Result<Authenticator, StartError> {
+    let jwks = match (&config.jwks, &config.jwt_issuer, &config.jwt_audience) {
+        (Some(path), Some(iss), Some(aud)) => Some((path.as_path(), iss.as_str(), aud.as_str())),
+        _ => None,
+    };
+    if !secure && jwks.is_none() && config.services.is_empty() {
+        return Ok(Authenticator::open());
+    }
+    let services = config.services.iter().map(|(name, scopes)| (name.clone(), Scopes::parse(scopes))).collect();
+    Ok(Authenticator::new(jwks, services)?)
 }
 
 /// The shared expiry sweep: one task for the node, no per-vehicle timers.

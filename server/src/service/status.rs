@@ -31,6 +31,12 @@ pub enum ApiError {
         /// The vehicle the message named.
         hello: String,
     },
+    /// The principal lacks a scope.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The caller's credentials expired during a stream.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The vehicle is unknown.
     #[error("vehicle {0:?} is unknown: it has never connected nor been written to")]
     NotFound(String),
@@ -55,7 +61,8 @@ impl From<ApiError> for Status {
             ApiError::Write(WriteError::KeyReused { .. }) => Code::AlreadyExists,
             ApiError::Write(WriteError::GenerationMismatch { .. }) => Code::Aborted,
             ApiError::NotFound(_) => Code::NotFound,
-            ApiError::WrongVehicle { .. } => Code::PermissionDenied,
+            ApiError::WrongVehicle { .. } | ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Offline(_) | ApiError::ShuttingDown(_) => Code::Unavailable,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Store(inner) => {
