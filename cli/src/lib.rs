@@ -3,10 +3,12 @@
 //! values are parsed and rendered through the contract's descriptors.
 
 mod cancel;
+mod certs;
 mod get;
 mod list;
 mod outcome;
 mod output;
+pub mod pki;
 mod set;
 mod stats;
 mod values;
@@ -65,6 +67,9 @@ enum Command {
     Cancel(cancel::Args),
     /// Shows the node's counts (connections, sessions, tasks...).
     Stats,
+    /// Creates a development PKI: a CA, a server certificate for loopback,
+    /// and client certificates for vehicles and services.
+    Certs(certs::Args),
 }
 
 /// Where tetherd is. Commands connect only once their arguments are checked,
@@ -110,6 +115,7 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
         Command::List(args) => list::run(&server.connect().await?, output, args).await,
         Command::Cancel(args) => cancel::run(&server.connect().await?, output, args).await,
         Command::Stats => stats::run(&server.connect().await?, output).await,
+        Command::Certs(args) => certs::run(output, args),
     }
 }
 

@@ -13,6 +13,17 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::tls::{IdentityFrom, TlsFiles};
+
+fn service_scopes(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, scopes)) if !name.is_empty() && !scopes.trim().is_empty() => {
+            Ok((name.to_string(), scopes.to_string()))
+        }
+        _ => Err(format!("`{s}` is not NAME=SCOPES, e.g. app=vehicles:read vehicles:control")),
+    }
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms, 15s or 5m: {e}"))
 }
@@ -149,6 +160,55 @@ pub struct Config {
     #[arg(long, env = "TETHER_RECONNECT_HINT", default_value = "2s", value_parser = duration)]
     pub reconnect_hint: Duration,
 
+    /// The server's certificate chain (PEM). With --tls-key and --client-ca,
+    /// tetherd serves TLS and requires a client certificate from every peer.
+    #[arg(long, env = "TETHER_TLS_CERT", requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The server's private key (PEM).
+    #[arg(long, env = "TETHER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA certificate(s) that issue vehicle and service certificates (PEM).
+    #[arg(long, env = "TETHER_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
+    /// A certificate revocation list (PEM); repeat for several.
+    #[arg(long = "crl", env = "TETHER_CRLS", value_delimiter = ',', requires = "tls_cert")]
+    pub crls: Vec<PathBuf>,
+
+    /// Which part of a client certificate names the vehicle: its first DNS
+    /// subject alternative name, or its common name.
+    #[arg(long, env = "TETHER_VEHICLE_IDENTITY", value_enum, default_value = "san")]
+    pub vehicle_identity: IdentityFrom,
+
+    /// Longest a TLS handshake may take.
+    #[arg(long, env = "TETHER_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// TLS handshakes allowed in flight (a reconnect storm queues beyond it).
+    #[arg(long, env = "TETHER_MAX_HANDSHAKES", default_value_t = 256)]
+    pub max_handshakes: usize,
+
+    /// A JWKS file (JSON) of the keys app tokens are signed with; each key has
+    /// a `kid` and an `alg` of ES256, EdDSA or RS256. Rotate keys by editing it.
+    #[arg(long, env = "TETHER_JWKS", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub jwks: Option<PathBuf>,
+
+    /// The issuer (`iss`) tokens must name.
+    #[arg(long, env = "TETHER_JWT_ISSUER", requires = "jwks")]
+    pub jwt_issuer: Option<String>,
+
+    /// The audience (`aud`) tokens must name.
+    #[arg(long, env = "TETHER_JWT_AUDIENCE", requires = "jwks")]
+    pub jwt_audience: Option<String>,
+
+    /// A service that authenticates with its client certificate, and its
+    /// scopes: `NAME=SCOPE SCOPE...` (e.g. `app=vehicles:read vehicles:control`).
+    /// Repeat for several.
+    #[arg(long = "service", env = "TETHER_SERVICES", value_delimiter = ';', value_parser = service_scopes)]
+    pub services: Vec<(String, String)>,
+
     /// Log format: text or json.
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -188,7 +248,27 @@ impl Config {
                 self.listen
             ));
         }
+        if self.tls_cert.is_none() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "listen (--listen) is {}: refusing to serve plaintext off loopback. Set tls_cert, tls_key and \
+                 client_ca (--tls-cert, --tls-key, --client-ca; a development PKI: `tether certs --out DIR`)",
+                self.listen
+            ));
+        }
+        if self.max_handshakes == 0 {
+            return Err("max_handshakes (--max-handshakes) must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The TLS files, when TLS is configured.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.client_ca.clone()?,
+            crls: self.crls.clone(),
+        })
     }
 
     /// The config for tests: loopback on an ephemeral port, fast heartbeats.
@@ -218,5 +298,10 @@ mod tests {
         assert!(cfg.validate().unwrap_err().contains("max_ttl (--max-ttl"));
         let cfg = Config::try_parse_from(["tetherd", "--admin-listen", "off"]).unwrap();
         assert_eq!(cfg.admin_listen, OptionalAddr(None));
+        let open = Config::try_parse_from(["tetherd", "--listen", "0.0.0.0:50051"]).unwrap();
+        let err = open.validate().unwrap_err();
+        assert!(err.contains("refusing to serve plaintext") && err.contains("--tls-cert"), "{err}");
+        let half = Config::try_parse_from(["tetherd", "--tls-cert", "c.pem"]).unwrap_err().to_string();
+        assert!(half.contains("--tls-key") && half.contains("--client-ca"), "{half}");
     }
 }

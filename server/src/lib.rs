@@ -10,6 +10,7 @@
 //! graceful shutdown).
 
 pub mod admin_http;
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod core;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 pub use config::Config;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tower::Layer;
 
 use crate::admin_http::serve_admin;
+use crate::auth::{Authenticate, Authenticator, Scopes};
 use crate::config::Config;
 use crate::core::KeyLimits;
 use crate::health::Health;
@@ -25,7 +26,8 @@ use crate::router::LocalRouter;
 use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
 use crate::store::{RedbStore, Store};
-use crate::transport::{OversizeAsResourceExhausted, accept_loop};
+use crate::tls::TlsState;
+use crate::transport::{OversizeAsResourceExhausted, TlsTermination, accept_loop};
 
 /// How often the shared expiry sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -55,6 +57,12 @@ pub enum StartError {
     /// The reflection service cannot read the descriptor sets.
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    /// App authentication cannot be set up.
+    #[error("cannot set up app authentication: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// TLS cannot be set up.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -98,6 +106,15 @@ fn load_schema(config: &Config) -> Result<StateSchema, StartError> {
 pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     config.validate().map_err(StartError::Config)?;
     let schema = load_schema(&config)?;
+    let tls_state = config.tls_files().map(TlsState::load).transpose()?.map(Arc::new);
+    let tls = tls_state.as_ref().map(|state| TlsTermination {
+        state: state.clone(),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),
+        timeout: config.tls_handshake_timeout,
+        identity_from: config.vehicle_identity,
+    });
+    let secure = tls.is_some();
+    let auth = Arc::new(authenticator(&config, secure)?);
     let dir = config.data_dir.display().to_string();
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| StartError::Store { dir: dir.clone(), reason: e.0 })?);
@@ -123,7 +140,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let draining = CancellationToken::new();
     let tasks = TaskTracker::new();
     let limit = config.max_message_bytes;
-    let vehicle = VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), draining.clone(), tasks.clone());
+    let revoked = tls_state.as_ref().map(|s| s.revoked());
+    let vehicle =
+        VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), draining.clone(), tasks.clone(), revoked);
     let control = ControlApi::new(hub.clone(), config.clone(), shutdown.clone());
     let admin = AdminApi::new(hub.clone(), tasks.clone());
     let (health, health_service) = Health::serving().await;
@@ -148,18 +167,22 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha)
     .prepare();
-    let service = OversizeAsResourceExhausted(routes);
+    let service = OversizeAsResourceExhausted(Authenticate::new(routes, auth));
 
-    tasks.spawn(accept_loop(listener, service, config.clone(), stats, tasks.clone(), shutdown.clone()));
+    tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), shutdown.clone()));
     if let Some(listener) = admin_listener {
         tasks.spawn(serve_admin(listener, hub.clone(), tasks.clone(), shutdown.clone()));
+    }
+    if let Some(state) = tls_state {
+        tasks.spawn(reload_tls(state, shutdown.clone()));
     }
     tracing::info!(
         addr = %local_addr,
         data_dir = %config.data_dir.display(),
         vehicles = hub.len(),
-        "tetherd serving (plaintext gRPC)"
+        tls = secure,
+        "tetherd serving gRPC"
     );
     Ok(ServerHandle {
         local_addr,
@@ -175,6 +198,21 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     })
 }
 
+/// How apps authenticate: open (everyone may do everything) only without
+/// TLS — which tetherd serves on loopback only — and without keys or
+/// services; otherwise a verified token or a known service certificate.
+fn authenticator(config: &Config, secure: bool) -> Result<Authenticator, StartError> {
+    let jwks = match (&config.jwks, &config.jwt_issuer, &config.jwt_audience) {
+        (Some(path), Some(iss), Some(aud)) => Some((path.as_path(), iss.as_str(), aud.as_str())),
+        _ => None,
+    };
+    if !secure && jwks.is_none() && config.services.is_empty() {
+        return Ok(Authenticator::open());
+    }
+    let services = config.services.iter().map(|(name, scopes)| (name.clone(), Scopes::parse(scopes))).collect();
+    Ok(Authenticator::new(jwks, services)?)
+}
+
 /// The shared expiry sweep: one task for the node, no per-vehicle timers.
 async fn sweep(hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -188,6 +226,29 @@ async fn sweep(hub: Arc<Hub>, shutdown: CancellationToken) {
                     tracing::debug!(vehicles = expired, "expired undelivered fields");
                 }
             }
+        }
+    }
+}
+
+/// How often TLS files are checked for changes.
+const TLS_POLL: Duration = Duration::from_millis(250);
+
+/// Reloads certificates, key, CA and CRLs when they change on disk or on
+/// SIGHUP; a file that does not load keeps the previous configuration.
+async fn reload_tls(state: Arc<TlsState>, shutdown: CancellationToken) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(TLS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let force = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        match state.reload(force) {
+            Ok(true) => tracing::info!("TLS configuration reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous configuration"),
         }
     }
 }

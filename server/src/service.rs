@@ -3,6 +3,7 @@
 
 mod admin;
 mod app;
+mod authz;
 mod convert;
 mod deadline;
 mod status;

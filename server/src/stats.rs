@@ -23,17 +23,26 @@ pub enum HandshakeFailure {
     Draining,
     /// The stream failed or ended before a Hello.
     Stream,
+    /// The Hello named another vehicle than the client certificate.
+    WrongVehicle,
+    /// The TLS handshake was refused (no, unknown, expired or revoked certificate).
+    TlsRefused,
+    /// The TLS handshake did not finish in time.
+    TlsTimeout,
 }
 
 impl HandshakeFailure {
     /// Every reason, in label order.
-    pub const ALL: [HandshakeFailure; 6] = [
+    pub const ALL: [HandshakeFailure; 9] = [
         HandshakeFailure::Timeout,
         HandshakeFailure::NotHello,
         HandshakeFailure::InvalidVehicleId,
         HandshakeFailure::InvalidState,
         HandshakeFailure::Draining,
         HandshakeFailure::Stream,
+        HandshakeFailure::WrongVehicle,
+        HandshakeFailure::TlsRefused,
+        HandshakeFailure::TlsTimeout,
     ];
 
     /// The metric label.
@@ -45,6 +54,9 @@ impl HandshakeFailure {
             HandshakeFailure::InvalidState => "invalid_state",
             HandshakeFailure::Draining => "draining",
             HandshakeFailure::Stream => "stream",
+            HandshakeFailure::WrongVehicle => "wrong_vehicle",
+            HandshakeFailure::TlsRefused => "tls_refused",
+            HandshakeFailure::TlsTimeout => "tls_timeout",
         }
     }
 }

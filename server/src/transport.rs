@@ -37,7 +37,7 @@ use tonic::body::Body;
 use tower::Service;
 
 use crate::config::Config;
-use crate::stats::{self, Gauge, Stats};
+use crate::stats::{self, Gauge, HandshakeFailure, Stats};
 
 /// The connection builder type (HTTP/1.1 and HTTP/2 on one port).
 pub type Builder = hyper_util::server::conn::auto::Builder<TrackedExecutor>;
@@ -101,9 +101,11 @@ fn configure_socket(stream: &TcpStream, config: &Config) {
 }
 
 /// Accepts connections until `shutdown`, serving each with `service`.
+#[allow(clippy::too_many_arguments)]
 pub async fn accept_loop<S>(
     listener: TcpListener,
     service: S,
+    tls: Option<TlsTermination>,
     config: Arc<Config>,
     stats: Arc<Stats>,
     tasks: TaskTracker,
@@ -153,24 +155,133 @@ pub async fn accept_loop<S>(
         }
         let gauge = Gauge::new(&stats, |s| &s.connections);
         let service = service.clone();
+        // Bytes are counted on the TCP stream, beneath TLS when there is TLS.
         let stream = Counted { inner: stream, stats: stats.clone() };
-        tasks.spawn(async move {
-            let _gauge = gauge;
-            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    // GOAWAY: no new streams; in-flight ones get the grace period.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(grace, conn).await;
-                }
+        match &tls {
+            None => {
+                let service = WithPeer { inner: service, identity: None };
+                tasks.spawn(serve(stream, peer, service, builder, shutdown, grace, gauge));
             }
-        });
+            Some(tls) => {
+                let tls = tls.clone();
+                let stats = stats.clone();
+                tasks.spawn(async move {
+                    let Some(stream) = tls.handshake(stream, peer, &stats, &shutdown).await else { return };
+                    let identity = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|cert| crate::tls::identity(cert, tls.identity_from))
+                        .map(Arc::new);
+                    serve(stream, peer, WithPeer { inner: service, identity }, builder, shutdown, grace, gauge).await;
+                });
+            }
+        }
+    }
+}
+
+/// TLS termination for the accept loop: at most `handshakes` in flight, each
+/// bounded by `timeout`, so a reconnect storm queues instead of starving
+/// established sessions of CPU.
+#[derive(Clone)]
+pub struct TlsTermination {
+    /// The reloadable TLS configuration (client certificates required).
+    pub state: Arc<crate::tls::TlsState>,
+    /// Handshakes allowed in flight.
+    pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// Longest a handshake may take.
+    pub timeout: Duration,
+    /// Where the peer's name comes from.
+    pub identity_from: crate::tls::IdentityFrom,
+}
+
+impl TlsTermination {
+    async fn handshake<I>(
+        &self,
+        stream: I,
+        peer: SocketAddr,
+        stats: &Stats,
+        shutdown: &CancellationToken,
+    ) -> Option<tokio_rustls::server::TlsStream<I>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let _permit = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            permit = self.handshakes.clone().acquire_owned() => permit.ok()?,
+        };
+        match tokio::time::timeout(self.timeout, self.state.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                stats.handshake_failed(HandshakeFailure::TlsRefused);
+                tracing::info!(%peer, error = %e, "TLS handshake refused");
+                None
+            }
+            Err(_) => {
+                stats.handshake_failed(HandshakeFailure::TlsTimeout);
+                tracing::info!(%peer, timeout = ?self.timeout, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+/// Serves one connection until it ends or shutdown drains it.
+async fn serve<I, S>(
+    io: I,
+    peer: SocketAddr,
+    service: S,
+    builder: Arc<Builder>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    gauge: Gauge,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let _gauge = gauge;
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, %e, "connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            // GOAWAY: no new streams; in-flight ones get the grace period.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(grace, conn).await;
+        }
+    }
+}
+
+/// Puts the connection's verified identity (if any) into every request.
+#[derive(Clone)]
+pub struct WithPeer<S> {
+    inner: S,
+    identity: Option<Arc<crate::tls::PeerIdentity>>,
+}
+
+impl<S, B> Service<Request<B>> for WithPeer<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(identity) = &self.identity {
+            req.extensions_mut().insert(identity.clone());
+        }
+        self.inner.call(req)
     }
 }
 

@@ -85,6 +85,18 @@ impl TestServer {
         self.handle.as_ref().expect("running").stats()
     }
 
+    /// TLS handshakes the server refused or timed out so far.
+    pub fn handshake_failures(&self) -> u64 {
+        use tetherd::stats::HandshakeFailure;
+        let stats = &self.handle.as_ref().expect("running").hub().stats;
+        HandshakeFailure::ALL
+            .iter()
+            .zip(&stats.handshake_failures)
+            .filter(|(why, _)| matches!(why, HandshakeFailure::TlsRefused | HandshakeFailure::TlsTimeout))
+            .map(|(_, n)| n.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
     /// A new connection to the server.
     pub async fn channel(&self) -> Channel {
         channel(&self.url()).await

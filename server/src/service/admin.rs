@@ -7,6 +7,8 @@ use tether_proto::admin::v1::{GetServerStatsRequest, ServerStats};
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
+use super::ApiError;
+use crate::auth::Principal;
 use crate::hub::Hub;
 use crate::stats::get;
 
@@ -44,7 +46,13 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn get_server_stats(&self, _req: Request<GetServerStatsRequest>) -> Result<Response<ServerStats>, Status> {
+    async fn get_server_stats(&self, req: Request<GetServerStatsRequest>) -> Result<Response<ServerStats>, Status> {
+        let principal = req
+            .extensions()
+            .get::<Arc<Principal>>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthenticated("no credentials were checked for this call".into()))?;
+        super::authz::may_admin(&principal)?;
         Ok(Response::new(self.stats()))
     }
 }

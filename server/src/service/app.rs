@@ -11,14 +11,24 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::authz;
 use super::convert;
 use super::deadline::grpc_timeout;
 use super::status::ApiError;
 use super::validate_vehicle_id;
+use crate::auth::Principal;
 use crate::config::Config;
 use crate::core::{FieldOutcome, FieldStatus, Origin, Write, is_final};
 use crate::hub::{Change, Hub, VehicleCell, Versions};
 use crate::stats::{Gauge, WriteOutcome};
+
+/// The authenticated caller the auth layer put into the request.
+fn principal<T>(req: &Request<T>) -> Result<Arc<Principal>, ApiError> {
+    req.extensions()
+        .get::<Arc<Principal>>()
+        .cloned()
+        .ok_or_else(|| ApiError::Unauthenticated("no credentials were checked for this call".into()))
+}
 
 /// Longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 128;
@@ -48,6 +58,7 @@ impl ControlApi {
     async fn set_desired(&self, req: Request<pb::SetDesiredRequest>) -> Result<pb::SetDesiredResponse, ApiError> {
         let started = Instant::now();
         let caller_timeout = grpc_timeout(req.metadata());
+        let principal = principal(&req)?;
         let req = req.into_inner();
         validate_vehicle_id(&req.vehicle_id)?;
         let key = &req.idempotency_key;
@@ -66,6 +77,9 @@ impl ControlApi {
         for field in &fields {
             self.hub.schema.validate(field, now)?;
         }
+        let capabilities: Vec<&str> =
+            fields.iter().filter_map(|f| self.hub.schema.leaf(&f.path).ok().map(|l| l.capability())).collect();
+        authz::may_control(&principal, &req.vehicle_id, capabilities)?;
         // A patch may name a path twice (merge semantics): the last value wins.
         fields.reverse();
         let mut seen = std::collections::HashSet::new();
@@ -78,7 +92,7 @@ impl ControlApi {
             expected_generation: req.expected_generation,
             expires_at: ttl.map(|d| now + d),
             origin: Origin {
-                subject: "anonymous".into(),
+                subject: principal.subject.clone(),
                 idempotency_key: key.as_str().into(),
                 traceparent: String::new(),
             },
@@ -186,7 +200,8 @@ impl ControlApi {
         }
     }
 
-    fn list(&self, req: pb::ListVehiclesRequest) -> Result<pb::ListVehiclesResponse, ApiError> {
+    fn list(&self, principal: &Principal, req: pb::ListVehiclesRequest) -> Result<pb::ListVehiclesResponse, ApiError> {
+        authz::may_list(principal)?;
         if req.page_size > MAX_PAGE {
             return Err(ApiError::InvalidArgument(format!("page_size must be at most {MAX_PAGE}")));
         }
@@ -204,7 +219,9 @@ impl ControlApi {
             id.to_string()
         };
         let online_only = req.online_only;
-        let cells = self.hub.page(&after, size + 1, |c| !online_only || c.lock().presence.online());
+        let cells = self.hub.page(&after, size + 1, |c| {
+            principal.scopes.covers_vehicle(&c.id) && (!online_only || c.lock().presence.online())
+        });
         let more = cells.len() > size;
         let vehicles: Vec<pb::VehicleSummary> = cells
             .iter()
@@ -227,10 +244,20 @@ impl ControlApi {
         Ok(pb::ListVehiclesResponse { vehicles, next_page_token })
     }
 
-    fn cancel(&self, req: pb::CancelDesiredRequest) -> Result<pb::CancelDesiredResponse, ApiError> {
+    fn cancel(
+        &self,
+        principal: &Principal,
+        req: pb::CancelDesiredRequest,
+    ) -> Result<pb::CancelDesiredResponse, ApiError> {
+        validate_vehicle_id(&req.vehicle_id)?;
+        let leaves: Vec<_> = req.paths.iter().map(|p| self.hub.schema.leaf(p)).collect::<Result<_, _>>()?;
+        if leaves.is_empty() {
+            authz::may_control_all(principal, &req.vehicle_id)?;
+        } else {
+            authz::may_control(principal, &req.vehicle_id, leaves.iter().map(|l| l.capability()))?;
+        }
         let cell = self.known(&req.vehicle_id)?;
-        let paths: Vec<Arc<str>> =
-            req.paths.iter().map(|p| self.hub.schema.leaf(p).map(|l| l.path().clone())).collect::<Result<_, _>>()?;
+        let paths: Vec<Arc<str>> = leaves.iter().map(|l| l.path().clone()).collect();
         let now = SystemTime::now();
         let (cancelled, _) = self.hub.update(&cell, |inner| {
             let cancelled = inner.record.cancel((!paths.is_empty()).then_some(&paths[..]), now);
@@ -297,6 +324,9 @@ struct WatchState {
     last: Option<Versions>,
     from_generation: u64,
     shutdown: CancellationToken,
+    /// When the caller's credentials expire: the stream ends UNAUTHENTICATED
+    /// then, so the client reconnects with fresh ones (and resumes).
+    credentials_expire: Option<SystemTime>,
     done: bool,
     _gauge: Gauge,
 }
@@ -325,6 +355,9 @@ impl ControlService for ControlApi {
     }
 
     async fn get_vehicle(&self, req: Request<pb::GetVehicleRequest>) -> Result<Response<pb::Vehicle>, Status> {
+        let principal = principal(&req)?;
+        validate_vehicle_id(&req.get_ref().vehicle_id)?;
+        authz::may_read(&principal, &req.get_ref().vehicle_id)?;
         let cell = self.known(&req.get_ref().vehicle_id)?;
         let view = convert::vehicle(&cell.id, &cell.lock(), SystemTime::now());
         Ok(Response::new(view))
@@ -336,7 +369,10 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::WatchVehicleRequest>,
     ) -> Result<Response<Self::WatchVehicleStream>, Status> {
+        let principal = principal(&req)?;
         let req = req.into_inner();
+        validate_vehicle_id(&req.vehicle_id)?;
+        authz::may_read(&principal, &req.vehicle_id)?;
         let cell = self.known(&req.vehicle_id)?;
         let mut changes = cell.subscribe();
         changes.mark_unchanged();
@@ -346,6 +382,7 @@ impl ControlService for ControlApi {
             last: None,
             from_generation: req.from_generation,
             shutdown: self.shutdown.clone(),
+            credentials_expire: principal.expires_at,
             done: false,
             _gauge: Gauge::new(&self.hub.stats, |s| &s.watchers),
         };
@@ -365,6 +402,11 @@ impl ControlService for ControlApi {
                     () = st.shutdown.cancelled() => {
                         st.done = true;
                         let status = Status::unavailable("tetherd is shutting down; resume the watch from your last generation");
+                        return Some((Err(status), st));
+                    }
+                    () = until(st.credentials_expire) => {
+                        st.done = true;
+                        let status = Status::unauthenticated("credentials expired; reconnect with fresh ones and resume from your last generation");
                         return Some((Err(status), st));
                     }
                 }
@@ -387,14 +429,24 @@ impl ControlService for ControlApi {
         &self,
         req: Request<pb::ListVehiclesRequest>,
     ) -> Result<Response<pb::ListVehiclesResponse>, Status> {
-        Ok(Response::new(self.list(req.into_inner())?))
+        let principal = principal(&req)?;
+        Ok(Response::new(self.list(&principal, req.into_inner())?))
     }
 
     async fn cancel_desired(
         &self,
         req: Request<pb::CancelDesiredRequest>,
     ) -> Result<Response<pb::CancelDesiredResponse>, Status> {
-        Ok(Response::new(self.cancel(req.into_inner())?))
+        let principal = principal(&req)?;
+        Ok(Response::new(self.cancel(&principal, req.into_inner())?))
+    }
+}
+
+/// Sleeps until `at` (forever for `None`).
+async fn until(at: Option<SystemTime>) {
+    match at {
+        Some(at) => tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await,
+        None => std::future::pending().await,
     }
 }
 

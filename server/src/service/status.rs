@@ -23,6 +23,20 @@ pub enum ApiError {
     /// A write refused by the command semantics.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A connection authenticated as one vehicle tried to act as another.
+    #[error("this connection's certificate is for vehicle {certificate:?}; it may not act as {hello:?}")]
+    WrongVehicle {
+        /// The vehicle the certificate names.
+        certificate: String,
+        /// The vehicle the message named.
+        hello: String,
+    },
+    /// The principal lacks a scope.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The caller's credentials expired during a stream.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The vehicle is unknown.
     #[error("vehicle {0:?} is unknown: it has never connected nor been written to")]
     NotFound(String),
@@ -47,6 +61,8 @@ impl From<ApiError> for Status {
             ApiError::Write(WriteError::KeyReused { .. }) => Code::AlreadyExists,
             ApiError::Write(WriteError::GenerationMismatch { .. }) => Code::Aborted,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::WrongVehicle { .. } | ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Offline(_) | ApiError::ShuttingDown(_) => Code::Unavailable,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Store(inner) => {

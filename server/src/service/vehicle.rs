@@ -16,7 +16,7 @@ use tether_proto::vehicle::v1::{
     self as pb, DesiredState, FieldMeta, GoodbyeReason, ServerMessage, VehicleMessage, server_message, vehicle_message,
 };
 use tether_proto::{FieldError, FieldValue, StateSchema};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::core::{FieldReport, FieldStatus};
 use crate::hub::{Change, Hub, VehicleCell};
 use crate::stats::{self, Gauge, HandshakeFailure};
+use crate::tls::{PeerIdentity, Revoked};
 
 /// Outbound messages buffered per session: a snapshot (only after the
 /// previous one was acknowledged), heartbeats (dropped when full) and a goodbye.
@@ -46,19 +47,23 @@ pub struct VehicleApi {
     shutdown: CancellationToken,
     draining: CancellationToken,
     tasks: TaskTracker,
+    /// Serials revoked by the current CRLs (TLS only).
+    revoked: Option<watch::Receiver<Revoked>>,
 }
 
 impl VehicleApi {
     /// A service over `hub`; sessions run on `tasks`, are refused once
-    /// `draining` and say goodbye at `shutdown`.
+    /// `draining`, say goodbye at `shutdown`, and end when `revoked` comes to
+    /// list their certificate.
     pub fn new(
         hub: Arc<Hub>,
         config: Arc<Config>,
         shutdown: CancellationToken,
         draining: CancellationToken,
         tasks: TaskTracker,
+        revoked: Option<watch::Receiver<Revoked>>,
     ) -> Self {
-        VehicleApi { hub, config, shutdown, draining, tasks }
+        VehicleApi { hub, config, shutdown, draining, tasks, revoked }
     }
 }
 
@@ -68,7 +73,8 @@ impl VehicleService for VehicleApi {
 
     async fn connect(&self, req: Request<Streaming<VehicleMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOUND);
-        let session = Session { api: self.clone() };
+        let identity = req.extensions().get::<Arc<PeerIdentity>>().cloned();
+        let session = Session { api: self.clone(), identity };
         self.tasks.spawn(session.run(req.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -76,6 +82,8 @@ impl VehicleService for VehicleApi {
 
 struct Session {
     api: VehicleApi,
+    /// The verified identity of the connection (TLS), if any.
+    identity: Option<Arc<PeerIdentity>>,
 }
 
 /// How a session ends.
@@ -133,6 +141,13 @@ impl Session {
         };
         if let Err(e) = validate_vehicle_id(&hello.vehicle_id) {
             failed(HandshakeFailure::InvalidVehicleId);
+            let _ = tx.send(Err(e.into())).await;
+            return;
+        }
+        if let Some(identity) = self.identity.as_ref().filter(|i| i.name != hello.vehicle_id) {
+            tracing::warn!(certificate = %identity.name, hello = %hello.vehicle_id, "refused: Hello names another vehicle");
+            failed(HandshakeFailure::WrongVehicle);
+            let e = ApiError::WrongVehicle { certificate: identity.name.clone(), hello: hello.vehicle_id.clone() };
             let _ = tx.send(Err(e.into())).await;
             return;
         }
@@ -211,6 +226,19 @@ impl Session {
         let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let silence_limit = config.heartbeat_interval * config.heartbeat_misses;
+        // A session lives no longer than the certificate that opened it.
+        let expires = self.identity.as_ref().map(|i| i.not_after);
+        let credentials_expire = async move {
+            match expires {
+                Some(at) => tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(credentials_expire);
+        // A session ends as soon as a reloaded CRL revokes its certificate.
+        let serial = self.identity.as_ref().map(|i| i.serial.clone());
+        let mut revoked = self.api.revoked.clone().filter(|_| serial.is_some());
+        let is_revoked = |set: &Revoked| serial.as_ref().is_some_and(|s| set.contains(s));
         let mut last_heard = Instant::now();
         let mut sequence = 0u64;
         loop {
@@ -228,6 +256,20 @@ impl Session {
                     };
                 }
                 () = tx.closed() => return End::Quiet,
+                Ok(()) = async { match revoked.as_mut() { Some(r) => r.changed().await, None => std::future::pending().await } } => {
+                    if revoked.as_ref().is_some_and(|r| is_revoked(&r.borrow())) {
+                        return End::Goodbye(
+                            GoodbyeReason::CredentialsExpired,
+                            "the client certificate of this session was revoked".into(),
+                        );
+                    }
+                }
+                () = &mut credentials_expire => {
+                    return End::Goodbye(
+                        GoodbyeReason::CredentialsExpired,
+                        "the client certificate of this session expired; reconnect with a renewed one".into(),
+                    );
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(msg)) => {
                         last_heard = Instant::now();

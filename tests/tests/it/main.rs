@@ -15,6 +15,7 @@ mod simulator;
 mod slow_reader;
 mod surface;
 mod tidy;
+mod tls;
 mod transport;
 
 use tether_proto::RawState;

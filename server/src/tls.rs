@@ -1,0 +1,203 @@
+//! TLS with client authentication, terminated by tetherd itself with rustls
+//! (tonic's TLS options cannot carry CRLs or a handshake cap).
+//!
+//! A connection's identity comes from its client certificate, never from a
+//! message: the vehicle id is the certificate's first DNS subject alternative
+//! name, or its common name (configurable). The identity travels to the
+//! services as a request extension ([`PeerIdentity`]).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// Which part of the client certificate names the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityFrom {
+    /// The first DNS subject alternative name.
+    San,
+    /// The subject's common name.
+    Cn,
+}
+
+/// Who is on the other end of a connection, from its client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The name the certificate gives (a vehicle id, or a service's name).
+    pub name: String,
+    /// When the certificate expires: a session ends then.
+    pub not_after: SystemTime,
+    /// The certificate's serial number (big-endian bytes): a session ends
+    /// when a reloaded CRL revokes it.
+    pub serial: Vec<u8>,
+}
+
+/// Serial numbers revoked by the loaded CRLs.
+pub type Revoked = Arc<HashSet<Vec<u8>>>;
+
+/// Why TLS could not be set up. Each message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or parsed.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the combination.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::File { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+/// Files that make up the server's TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+    /// The CA that issues client certificates (PEM).
+    pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM), if any.
+    pub crls: Vec<PathBuf>,
+}
+
+/// Builds the server config (client certificates from `client_ca` required)
+/// and the set of revoked serials.
+fn build(files: &TlsFiles) -> Result<(Arc<rustls::ServerConfig>, Revoked), TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| file_error(&files.cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(&files.cert, e))?;
+    if certs.is_empty() {
+        return Err(file_error(&files.cert, "no certificate found (expected PEM)"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_error(&files.key, e))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&files.client_ca).map_err(|e| file_error(&files.client_ca, e))? {
+        let ca = ca.map_err(|e| file_error(&files.client_ca, e))?;
+        roots.add(ca).map_err(|e| file_error(&files.client_ca, e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_error(&files.client_ca, "no CA certificate found (expected PEM)"));
+    }
+    let mut crls = Vec::new();
+    let mut revoked = HashSet::new();
+    for path in &files.crls {
+        for crl in CertificateRevocationListDer::pem_file_iter(path).map_err(|e| file_error(path, e))? {
+            let crl = crl.map_err(|e| file_error(path, e))?;
+            let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| file_error(path, e))?;
+            revoked.extend(parsed.iter_revoked_certificates().map(|r| r.raw_serial().to_vec()));
+            crls.push(crl);
+        }
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .with_crls(crls)
+    .build()
+    .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    // gRPC over HTTP/2; HTTP/1.1 for gRPC-Web from browsers.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(config), Arc::new(revoked)))
+}
+
+/// The server's TLS, reloadable: certificate, key, CA and CRLs are read again
+/// when their contents change (polled) or on SIGHUP, without dropping any
+/// connection; a bad file keeps the previous configuration.
+pub struct TlsState {
+    files: TlsFiles,
+    config: RwLock<(Arc<rustls::ServerConfig>, u64)>,
+    revoked: watch::Sender<Revoked>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+impl TlsState {
+    /// Loads the files; fails with a message naming the file.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let fingerprint = fingerprint(&files)?;
+        let (config, revoked) = build(&files)?;
+        Ok(TlsState { files, config: RwLock::new((config, fingerprint)), revoked: watch::channel(revoked).0 })
+    }
+
+    /// An acceptor with the current configuration.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config.read().unwrap_or_else(|p| p.into_inner()).0.clone())
+    }
+
+    /// The revoked serials, updated at every reload.
+    pub fn revoked(&self) -> watch::Receiver<Revoked> {
+        self.revoked.subscribe()
+    }
+
+    /// Reloads when a file's contents changed (or always, with `force`).
+    /// Returns whether a new configuration is in use.
+    pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
+        let fingerprint = fingerprint(&self.files)?;
+        if !force && self.config.read().unwrap_or_else(|p| p.into_inner()).1 == fingerprint {
+            return Ok(false);
+        }
+        let (config, revoked) = build(&self.files)?;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = (config, fingerprint);
+        self.revoked.send_replace(revoked);
+        Ok(true)
+    }
+}
+
+/// A hash of every TLS file's contents (FNV-1a: cheap, stable).
+fn fingerprint(files: &TlsFiles) -> Result<u64, TlsError> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for path in [&files.cert, &files.key, &files.client_ca].into_iter().chain(&files.crls) {
+        let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
+        for b in bytes.iter().chain(path.as_os_str().as_encoded_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(h)
+}
+
+/// Reads the identity from a verified client certificate.
+pub fn identity(cert: &CertificateDer<'_>, from: IdentityFrom) -> Option<PeerIdentity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let name = match from {
+        IdentityFrom::San => parsed.subject_alternative_name().ok().flatten().and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+        }),
+        IdentityFrom::Cn => {
+            parsed.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string)
+        }
+    }?;
+    let secs = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
+    let serial = parsed.raw_serial().to_vec();
+    Some(PeerIdentity { name, not_after: UNIX_EPOCH + Duration::from_secs(secs), serial })
+}

@@ -1,0 +1,287 @@
+//! Mutual TLS on loopback with real certificates: who may connect, and a
+//! vehicle identity that comes from the certificate, never from a message.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tether_cli::pki::{DevCa, Issued};
+use tether_proto::RawState;
+use tether_proto::vehicle::v1::vehicle_service_client::VehicleServiceClient;
+use tether_proto::vehicle::v1::{GoodbyeReason, Hello, VehicleMessage, server_message, vehicle_message};
+use tether_tests::{BOUND, TestServer, eventually};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+struct Pki {
+    ca: DevCa,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let ca = DevCa::new("test fleet CA").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let server = ca.server(&["localhost", "127.0.0.1"], Duration::from_secs(3600)).unwrap();
+        write(dir.path(), "server", &server);
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).unwrap();
+        Pki { ca, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn server(&self) -> TestServer {
+        let (cert, key, ca, crl) =
+            (self.path("server.pem"), self.path("server.key"), self.path("ca.pem"), self.path("fleet.crl"));
+        // An empty CRL to start with; tests revoke by rewriting it.
+        std::fs::write(&crl, self.ca.crl(&[]).unwrap()).unwrap();
+        TestServer::start_with(move |c| {
+            c.tls_cert = Some(cert);
+            c.tls_key = Some(key);
+            c.client_ca = Some(ca);
+            c.crls = vec![crl];
+        })
+        .await
+    }
+
+    fn vehicle(&self, id: &str, valid_for: Duration) -> Issued {
+        let now = SystemTime::now();
+        self.ca.client(id, now - Duration::from_secs(60), now + valid_for).unwrap()
+    }
+}
+
+fn write(dir: &Path, name: &str, issued: &Issued) {
+    std::fs::write(dir.join(format!("{name}.pem")), &issued.cert_pem).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), &issued.key_pem).unwrap();
+}
+
+/// Connects over TLS trusting `ca_pem`, presenting `identity` if any.
+async fn connect(
+    server: &TestServer,
+    ca_pem: &str,
+    identity: Option<&Issued>,
+) -> Result<Channel, tonic::transport::Error> {
+    connect_as(server, ca_pem, identity, "localhost").await
+}
+
+/// Like [`connect`], expecting the server certificate to name `domain`.
+async fn connect_as(
+    server: &TestServer,
+    ca_pem: &str,
+    identity: Option<&Issued>,
+    domain: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(domain);
+    if let Some(id) = identity {
+        tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+    }
+    Endpoint::from_shared(format!("https://{}", server.addr))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+/// The request side of a session, kept open while the test looks at answers.
+type Outbound = tokio::sync::mpsc::Sender<VehicleMessage>;
+
+/// Opens a session saying Hello as `vehicle`; returns the first message (and
+/// the open request side) or the error.
+async fn hello(channel: Channel, vehicle: &str) -> Result<(server_message::Kind, Outbound), tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = Hello { vehicle_id: vehicle.into(), actual: Some(RawState::default()), ..Default::default() };
+    tx.send(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }).await.unwrap();
+    let mut stream = VehicleServiceClient::new(channel).connect(ReceiverStream::new(rx)).await?.into_inner();
+    let first = tokio::time::timeout(BOUND, stream.message()).await.expect("an answer in time")?;
+    Ok((first.and_then(|m| m.kind).expect("a message"), tx))
+}
+
+#[tokio::test]
+async fn only_valid_client_certificates_from_the_fleet_ca_get_in() {
+    let pki = Pki::new();
+    let server = pki.server().await;
+    let good = pki.vehicle("car-1", Duration::from_secs(3600));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&good)).await.unwrap();
+    assert!(matches!(hello(channel, "car-1").await.unwrap().0, server_message::Kind::Welcome(_)));
+
+    let stranger_ca = DevCa::new("someone else's CA").unwrap();
+    let now = SystemTime::now();
+    let cases = [
+        ("no client certificate", None),
+        (
+            "a certificate from an unknown CA",
+            Some(stranger_ca.client("car-1", now, now + Duration::from_secs(3600)).unwrap()),
+        ),
+        (
+            "an expired certificate",
+            Some(pki.ca.client("car-1", now - Duration::from_secs(7200), now - Duration::from_secs(3600)).unwrap()),
+        ),
+    ];
+    for (what, identity) in cases {
+        let before = server.handshake_failures();
+        // TLS 1.3 lets the client finish before the server has checked its
+        // certificate, so the refusal may surface at connect or at the first call.
+        let refused = match connect(&server, &pki.ca.cert_pem, identity.as_ref()).await {
+            Err(_) => true,
+            Ok(channel) => hello(channel, "car-1").await.is_err(),
+        };
+        assert!(refused, "{what} must be refused");
+        eventually(&format!("{what}: counted as a failed handshake"), BOUND, || async {
+            (server.handshake_failures() > before).then_some(())
+        })
+        .await;
+    }
+    // The server keeps serving.
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&good)).await.unwrap();
+    assert!(matches!(hello(channel, "car-1").await.unwrap().0, server_message::Kind::Welcome(_)));
+}
+
+#[tokio::test]
+async fn a_certificate_for_one_vehicle_cannot_say_hello_as_another() {
+    let pki = Pki::new();
+    let server = pki.server().await;
+    let car_a = pki.vehicle("car-a", Duration::from_secs(3600));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&car_a)).await.unwrap();
+    let err = hello(channel.clone(), "car-b").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("car-a") && err.message().contains("car-b"), "{}", err.message());
+    assert_eq!(server.stats().sessions, 0);
+    // The same connection may be car-a.
+    assert!(matches!(hello(channel, "car-a").await.unwrap().0, server_message::Kind::Welcome(_)));
+}
+
+#[tokio::test]
+async fn a_session_ends_when_its_certificate_expires() {
+    let pki = Pki::new();
+    let server = pki.server().await;
+    let short = pki.vehicle("car-short", Duration::from_secs(2));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&short)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = Hello { vehicle_id: "car-short".into(), actual: Some(RawState::default()), ..Default::default() };
+    tx.send(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }).await.unwrap();
+    let mut stream = VehicleServiceClient::new(channel).connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let goodbye = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await.unwrap().and_then(|m| m.kind) {
+                Some(server_message::Kind::Goodbye(g)) => return g,
+                Some(_) => {
+                    // Stay alive: answer with a heartbeat.
+                    let beat = vehicle_message::Kind::Heartbeat(Default::default());
+                    let _ = tx.send(VehicleMessage { kind: Some(beat) }).await;
+                }
+                None => panic!("closed without a goodbye"),
+            }
+        }
+    })
+    .await
+    .expect("goodbye before the bound");
+    assert_eq!(goodbye.reason, GoodbyeReason::CredentialsExpired as i32);
+}
+
+#[tokio::test]
+async fn plaintext_on_a_non_loopback_address_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tetherd-under-test"))
+        .args(["--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0.0.0.0:0") && stderr.contains("refusing to serve plaintext"), "{stderr}");
+    assert!(stderr.contains("tether certs"), "says how to set it up: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+}
+
+#[tokio::test]
+async fn the_cli_makes_a_development_pki_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether-cli-under-test"))
+        .args(["certs", "--vehicles", "car-9", "--services", "app", "--out"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--client-ca"));
+    let path = |name: &str| dir.path().join(name);
+    let server = TestServer::start_with(|c| {
+        c.tls_cert = Some(path("server.pem"));
+        c.tls_key = Some(path("server.key"));
+        c.client_ca = Some(path("ca.pem"));
+    })
+    .await;
+    let read = |name: &str| std::fs::read_to_string(path(name)).unwrap();
+    let car = Issued { cert_pem: read("car-9.pem"), key_pem: read("car-9.key"), serial: Vec::new() };
+    let channel = connect(&server, &read("ca.pem"), Some(&car)).await.unwrap();
+    assert!(matches!(hello(channel, "car-9").await.unwrap().0, server_message::Kind::Welcome(_)));
+}
+
+#[tokio::test]
+async fn revoking_a_connected_vehicle_closes_its_session_within_a_second() {
+    let pki = Pki::new();
+    let server = pki.server().await;
+    let car = pki.vehicle("car-r", Duration::from_secs(3600));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let greeting = Hello { vehicle_id: "car-r".into(), actual: Some(RawState::default()), ..Default::default() };
+    tx.send(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(greeting)) }).await.unwrap();
+    let mut stream = VehicleServiceClient::new(channel).connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert!(matches!(stream.message().await.unwrap().and_then(|m| m.kind), Some(server_message::Kind::Welcome(_))));
+
+    let revoked_at = std::time::Instant::now();
+    std::fs::write(pki.path("fleet.crl"), pki.ca.crl(&[&car.serial]).unwrap()).unwrap();
+    let goodbye = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await.unwrap().and_then(|m| m.kind) {
+                Some(server_message::Kind::Goodbye(g)) => return g,
+                Some(_) => continue,
+                None => panic!("closed without a goodbye"),
+            }
+        }
+    })
+    .await
+    .expect("a goodbye");
+    let took = revoked_at.elapsed();
+    assert!(goodbye.message.contains("revoked"), "{goodbye:?}");
+    assert!(took < Duration::from_secs(1), "closed {took:?} after the CRL changed");
+    drop(tx);
+
+    // It cannot come back; another vehicle can.
+    let again = match connect(&server, &pki.ca.cert_pem, Some(&car)).await {
+        Err(_) => true,
+        Ok(channel) => hello(channel, "car-r").await.is_err(),
+    };
+    assert!(again, "a revoked certificate is refused at the handshake");
+    let other = pki.vehicle("car-ok", Duration::from_secs(3600));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&other)).await.unwrap();
+    assert!(matches!(hello(channel, "car-ok").await.unwrap().0, server_message::Kind::Welcome(_)));
+}
+
+#[tokio::test]
+async fn a_new_server_certificate_is_used_without_dropping_sessions() {
+    let pki = Pki::new();
+    let server = pki.server().await;
+    let car = pki.vehicle("car-k", Duration::from_secs(3600));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap();
+    let (welcome, tx) = hello(channel, "car-k").await.unwrap();
+    assert!(matches!(welcome, server_message::Kind::Welcome(_)));
+    // The first certificate does not name tether.test.
+    assert!(connect_as(&server, &pki.ca.cert_pem, Some(&car), "tether.test").await.is_err());
+
+    let renewed = pki.ca.server(&["tether.test", "localhost"], Duration::from_secs(3600)).unwrap();
+    // Key first, then certificate: a poll between the two writes fails to
+    // load and keeps the previous configuration.
+    std::fs::write(pki.path("server.key"), &renewed.key_pem).unwrap();
+    std::fs::write(pki.path("server.pem"), &renewed.cert_pem).unwrap();
+    eventually("the renewed certificate is served", BOUND, || async {
+        connect_as(&server, &pki.ca.cert_pem, Some(&car), "tether.test").await.ok().map(|_| ())
+    })
+    .await;
+    // The session opened before the reload is still alive.
+    assert_eq!(server.stats().sessions, 1);
+    drop(tx);
+}
