@@ -34,7 +34,14 @@ pub(crate) fn run(output: Output, args: Args) -> anyhow::Result<()> {
         println!("  {}", file.display());
     }
     println!();
-    println!("serve with TLS and client certificates:");
-    println!("  tetherd --tls-cert {dir}/server.pem --tls-key {dir}/server.key --client-ca {dir}/ca.pem");
+    println!("serve with TLS, client certificates and app tokens:");
+    println!("  tetherd --tls-cert {dir}/server.pem --tls-key {dir}/server.key --client-ca {dir}/ca.pem \\");
+    println!(
+        "    --jwks {dir}/jwks.json --jwt-issuer {} --jwt-audience {}",
+        crate::pki::DEV_ISSUER,
+        crate::pki::DEV_AUDIENCE
+    );
+    println!("mint an app token:");
+    println!("  tether tokens --key {dir}/jwt-signing.key --scope \"vehicles:read vehicles:control\"");
     Ok(())
 }

@@ -11,6 +11,7 @@ mod output;
 pub mod pki;
 mod set;
 mod stats;
+mod tokens;
 mod values;
 mod watch;
 mod when;
@@ -70,6 +71,8 @@ enum Command {
     /// Creates a development PKI: a CA, a server certificate for loopback,
     /// and client certificates for vehicles and services.
     Certs(certs::Args),
+    /// Mints a development bearer token (with the key `tether certs` wrote).
+    Tokens(tokens::Args),
 }
 
 /// Where tetherd is. Commands connect only once their arguments are checked,
@@ -116,6 +119,7 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
         Command::Cancel(args) => cancel::run(&server.connect().await?, output, args).await,
         Command::Stats => stats::run(&server.connect().await?, output).await,
         Command::Certs(args) => certs::run(output, args),
+        Command::Tokens(args) => tokens::run(output, args),
     }
 }
 

@@ -123,6 +123,11 @@ impl DevCa {
     }
 }
 
+/// The issuer of development tokens.
+pub const DEV_ISSUER: &str = "tether-dev";
+/// The audience of development tokens.
+pub const DEV_AUDIENCE: &str = "tetherd";
+
 /// What [`write_dev_pki`] wrote.
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -152,5 +157,103 @@ pub fn write_dev_pki(dir: &Path, vehicles: &[String], services: &[String], days:
     for name in vehicles.iter().chain(services) {
         put(name, &ca.client(name, now - Duration::from_secs(60), now + valid)?)?;
     }
+    // App tokens: a signing key and the JWKS tetherd verifies them with.
+    let signer = DevSigner::new("dev-1", DEV_ISSUER, DEV_AUDIENCE)?;
+    for (name, body) in [("jwks.json", &signer.jwks), ("jwt-signing.key", &signer.key_pem)] {
+        let path = dir.join(name);
+        std::fs::write(&path, body)?;
+        files.push(path);
+    }
     Ok(Written { files })
+}
+
+/// A development token signer: an ES256 key, its JWKS for tetherd's
+/// `--jwks`, and tokens minted with it.
+pub struct DevSigner {
+    key: jsonwebtoken::EncodingKey,
+    /// The key id, in every token's header and in the JWKS.
+    pub kid: String,
+    /// The issuer tokens name (`--jwt-issuer`).
+    pub issuer: String,
+    /// The audience tokens name (`--jwt-audience`).
+    pub audience: String,
+    /// The JWKS (JSON) holding the public key.
+    pub jwks: String,
+    /// The private key (PKCS#8 PEM), to mint more tokens later.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for DevSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevSigner").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+/// The claims of a development token.
+#[derive(Debug, serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    iss: &'a str,
+    aud: &'a str,
+    exp: u64,
+    iat: u64,
+    scope: &'a str,
+}
+
+impl DevSigner {
+    /// A new ES256 signer with key id `kid`.
+    pub fn new(kid: &str, issuer: &str, audience: &str) -> anyhow::Result<Self> {
+        let pair = KeyPair::generate()?;
+        Self::from_key_pem(&pair.serialize_pem(), kid, issuer, audience)
+    }
+
+    /// A signer from a PKCS#8 PEM P-256 key.
+    pub fn from_key_pem(key_pem: &str, kid: &str, issuer: &str, audience: &str) -> anyhow::Result<Self> {
+        use base64::Engine as _;
+        let pair = KeyPair::from_pem(key_pem)?;
+        // Uncompressed point: 0x04 || X || Y.
+        let raw = pair.public_key_raw();
+        anyhow::ensure!(raw.len() == 65 && raw[0] == 4, "not a P-256 key");
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwks = serde_json::json!({ "keys": [{
+            "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": b64.encode(&raw[1..33]), "y": b64.encode(&raw[33..]),
+        }]});
+        Ok(DevSigner {
+            key: jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes())?,
+            kid: kid.to_string(),
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+            jwks: serde_json::to_string_pretty(&jwks)?,
+            key_pem: key_pem.to_string(),
+        })
+    }
+
+    /// A token for `subject` with `scope` (space-separated), valid `ttl` from
+    /// now (a zero or negative-looking TTL is expressed by `expires_at`).
+    pub fn token(&self, subject: &str, scope: &str, ttl: Duration) -> anyhow::Result<String> {
+        self.token_until(subject, scope, SystemTime::now() + ttl, &self.audience)
+    }
+
+    /// A token expiring at `expires_at`, for audience `audience`.
+    pub fn token_until(
+        &self,
+        subject: &str,
+        scope: &str,
+        expires_at: SystemTime,
+        audience: &str,
+    ) -> anyhow::Result<String> {
+        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let claims = Claims {
+            sub: subject,
+            iss: &self.issuer,
+            aud: audience,
+            exp: secs(expires_at),
+            iat: secs(SystemTime::now()),
+            scope,
+        };
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+    }
 }

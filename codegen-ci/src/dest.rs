@@ -1,6 +1,8 @@
 //! Helpers for targets talking to the outside: running a tool with a one-line
-//! error, credentials from the environment (never printed), reachability of a URL.
+//! error, credentials from the environment (never printed), reachability of a URL,
+//! and a plain-HTTP GET for asking a registry what it already holds.
 
+use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::Command;
 use std::time::Duration;
@@ -61,4 +63,33 @@ pub fn reachable(what: &str, url: &str) -> Result<()> {
         }
     }
     bail!("{what} is unreachable: nothing answers at {addr}")
+}
+
+/// `GET url` over plain HTTP/1.0 (no TLS), bounded by 10 s: the body of a 200;
+/// `None` for a 404 or a redirect (pypiserver sends unknown projects on to PyPI),
+/// and for `https://` URLs, which this cannot ask: there the registry's own
+/// refusal of a duplicate upload still stands.
+pub fn http_get(what: &str, url: &str) -> Result<Option<String>> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Ok(None);
+    };
+    let (host_port, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let addr = if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:80") };
+    let bound = Duration::from_secs(10);
+    let io = |e: std::io::Error| anyhow::anyhow!("{what}: asking {addr}: {e}");
+    let sock = addr.to_socket_addrs().map_err(io)?.next().with_context(|| format!("{what}: {addr} has no address"))?;
+    let mut conn = TcpStream::connect_timeout(&sock, bound).map_err(io)?;
+    conn.set_read_timeout(Some(bound)).map_err(io)?;
+    conn.set_write_timeout(Some(bound)).map_err(io)?;
+    // HTTP/1.0: the answer is not chunked and ends when the server closes.
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {host_port}\r\nAccept: */*\r\n\r\n").map_err(io)?;
+    let mut raw = Vec::new();
+    conn.take(16 << 20).read_to_end(&mut raw).map_err(io)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split_whitespace().nth(1).unwrap_or("");
+    match status {
+        "200" => Ok(Some(text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())),
+        "404" | "410" | "301" | "302" | "303" | "307" | "308" => Ok(None),
+        _ => bail!("{what}: {url} answered HTTP {status}"),
+    }
 }

@@ -57,6 +57,10 @@ pub trait Target {
     /// Fails, with one line, unless `destination` is usable: well-formed, reachable,
     /// with credentials in the environment. Runs before anything is built or uploaded.
     fn preflight(&self, destination: &str) -> Result<()>;
+    /// Whether `destination` already holds this package at `version` (asked before
+    /// anything is built or uploaded: a release number is never reused). `false`
+    /// when the destination cannot be asked cheaply; its own refusal then stands.
+    fn published(&self, version: Version, destination: &str) -> Result<bool>;
     /// Uploads a built artifact; returns what was published (for the log).
     fn upload(&self, cx: &Context, artifact: &Path, destination: &str) -> Result<String>;
 }

@@ -1,7 +1,7 @@
 //! `codegen-ci publish`: every SDK of the released contract to its destination.
 //! Order matters for "nothing half-published": check every destination (address,
-//! reachability, credentials), then generate and build every package, and only
-//! then upload any.
+//! reachability, credentials, and that none holds this version already), then
+//! generate and build every package, and only then upload any.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +38,15 @@ pub fn publish(cx: &Context, destinations: &BTreeMap<String, String>, dry_run: b
                 );
             };
             t.preflight(dest)?;
+        }
+        for t in &targets {
+            let dest = &destinations[t.name()];
+            if t.published(version, dest)? {
+                bail!(
+                    "{}: tether-proto {version} is already published to {dest}: a release number is never reused; bump proto/VERSION and release",
+                    t.name()
+                );
+            }
         }
     }
     let mut built = Vec::new();

@@ -209,6 +209,22 @@ pub struct Config {
     #[arg(long = "service", env = "TETHER_SERVICES", value_delimiter = ';', value_parser = service_scopes)]
     pub services: Vec<(String, String)>,
 
+    /// Writes per second one subject (an app) may make; 0: no limit.
+    #[arg(long, env = "TETHER_SUBJECT_WRITE_RATE", default_value_t = 200)]
+    pub subject_write_rate: u32,
+
+    /// Writes one subject may make at once (the burst above the rate).
+    #[arg(long, env = "TETHER_SUBJECT_WRITE_BURST", default_value_t = 400)]
+    pub subject_write_burst: u32,
+
+    /// Writes per second one vehicle may receive, from all subjects; 0: no limit.
+    #[arg(long, env = "TETHER_VEHICLE_WRITE_RATE", default_value_t = 20)]
+    pub vehicle_write_rate: u32,
+
+    /// Writes one vehicle may receive at once.
+    #[arg(long, env = "TETHER_VEHICLE_WRITE_BURST", default_value_t = 50)]
+    pub vehicle_write_burst: u32,
+
     /// Log format: text or json.
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -280,6 +296,10 @@ impl Config {
             heartbeat_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(3),
             reconnect_hint: Duration::from_millis(100),
+            // Tests drive thousands of writes at one vehicle; the limit tests
+            // set their own rates.
+            subject_write_rate: 0,
+            vehicle_write_rate: 0,
             ..Config::default()
         }
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod core;
 pub mod health;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod router;
 pub mod server;

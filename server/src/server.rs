@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::core::KeyLimits;
 use crate::health::Health;
 use crate::hub::Hub;
+use crate::limits::{Rate, WriteLimits};
 use crate::router::LocalRouter;
 use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
@@ -143,7 +144,11 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let revoked = tls_state.as_ref().map(|s| s.revoked());
     let vehicle =
         VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), draining.clone(), tasks.clone(), revoked);
-    let control = ControlApi::new(hub.clone(), config.clone(), shutdown.clone());
+    let limits = Arc::new(WriteLimits::new(
+        Rate { per_second: config.subject_write_rate, burst: config.subject_write_burst },
+        Rate { per_second: config.vehicle_write_rate, burst: config.vehicle_write_burst },
+    ));
+    let control = ControlApi::new(hub.clone(), config.clone(), shutdown.clone(), limits.clone());
     let admin = AdminApi::new(hub.clone(), tasks.clone());
     let (health, health_service) = Health::serving().await;
     // Reflection over the whole contract (with imports and comments) and the
@@ -170,7 +175,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let service = OversizeAsResourceExhausted(Authenticate::new(routes, auth));
 
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
-    tasks.spawn(sweep(hub.clone(), shutdown.clone()));
+    tasks.spawn(sweep(hub.clone(), limits, shutdown.clone()));
     if let Some(listener) = admin_listener {
         tasks.spawn(serve_admin(listener, hub.clone(), tasks.clone(), shutdown.clone()));
     }
@@ -214,9 +219,13 @@ fn authenticator(config: &Config, secure: bool) -> Result<Authenticator, StartEr
 }
 
 /// The shared expiry sweep: one task for the node, no per-vehicle timers.
-async fn sweep(hub: Arc<Hub>, shutdown: CancellationToken) {
+/// Also forgets idle rate-limit buckets, every this many sweeps.
+const FORGET_LIMITS_EVERY: u32 = 100;
+
+async fn sweep(hub: Arc<Hub>, limits: Arc<WriteLimits>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeps = 0u32;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -224,6 +233,10 @@ async fn sweep(hub: Arc<Hub>, shutdown: CancellationToken) {
                 let expired = hub.expire_due(SystemTime::now());
                 if expired > 0 {
                     tracing::debug!(vehicles = expired, "expired undelivered fields");
+                }
+                sweeps = sweeps.wrapping_add(1);
+                if sweeps.is_multiple_of(FORGET_LIMITS_EVERY) {
+                    limits.forget_idle();
                 }
             }
         }

@@ -72,18 +72,21 @@ pub enum WriteOutcome {
     Invalid,
     /// Refused by `require_online`.
     Offline,
-    /// Refused by authentication or authorization (no auth yet: always 0).
+    /// Refused by authentication or authorization.
     RefusedByAuth,
+    /// Refused by a rate limit (per subject or per vehicle).
+    RateLimited,
 }
 
 impl WriteOutcome {
     /// Every outcome, in label order.
-    pub const ALL: [WriteOutcome; 5] = [
+    pub const ALL: [WriteOutcome; 6] = [
         WriteOutcome::Accepted,
         WriteOutcome::Replayed,
         WriteOutcome::Invalid,
         WriteOutcome::Offline,
         WriteOutcome::RefusedByAuth,
+        WriteOutcome::RateLimited,
     ];
 
     /// The metric label.
@@ -94,6 +97,7 @@ impl WriteOutcome {
             WriteOutcome::Invalid => "invalid",
             WriteOutcome::Offline => "offline",
             WriteOutcome::RefusedByAuth => "refused_by_auth",
+            WriteOutcome::RateLimited => "rate_limited",
         }
     }
 }

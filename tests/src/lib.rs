@@ -47,6 +47,7 @@ pub struct TestServer {
     /// The bound address.
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    kept: Vec<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -62,12 +63,18 @@ impl TestServer {
         f(&mut config);
         let handle = tetherd::start(config).await.expect("tetherd starts");
         let addr = handle.local_addr();
-        TestServer { handle: Some(handle), addr, dir }
+        TestServer { handle: Some(handle), addr, dir, kept: Vec::new() }
     }
 
     /// `http://addr`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Keeps `dir` (files the server reads, such as keys) as long as the server.
+    pub fn keeping(mut self, dir: tempfile::TempDir) -> Self {
+        self.kept.push(dir);
+        self
     }
 
     /// The server's scratch directory.
@@ -251,6 +258,8 @@ impl ChildServer {
             }
         };
         let mut child = command
+            // Crash and drain tests drive writes faster than the default limits.
+            .args(["--subject-write-rate", "0", "--vehicle-write-rate", "0"])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")

@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 use super::{Context, Target};
+use crate::version::Version;
 use crate::{contract, dest, tools};
 
 /// The runtime the generated code needs (grpcio-tools 1.85.1's generated code
@@ -119,6 +120,23 @@ contract-commit = "{commit}"
         dest::require_env("TWINE_USERNAME", "python: the index user name")?;
         dest::require_env("TWINE_PASSWORD", "python: the index password or token")?;
         dest::reachable("python: index", index)
+    }
+
+    fn published(&self, version: Version, index: &str) -> Result<bool> {
+        // The upload URL's simple index (pypiserver: <url>/simple/; PyPI-like
+        // <base>/legacy/ uploads: <base>/simple/), one link per file.
+        let base = index.trim_end_matches('/');
+        let base = base.strip_suffix("/legacy").unwrap_or(base);
+        let page = dest::http_get("python: index", &format!("{base}/simple/tether-proto/"))?;
+        Ok(page.is_some_and(|p| {
+            [
+                format!("tether_proto-{version}-"),
+                format!("tether_proto-{version}.tar"),
+                format!("tether-proto-{version}.tar"),
+            ]
+            .iter()
+            .any(|file| p.contains(file.as_str()))
+        }))
     }
 
     fn upload(&self, cx: &Context, wheel: &Path, index: &str) -> Result<String> {

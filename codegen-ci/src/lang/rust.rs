@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{Context, Target};
 use crate::buf::Finding;
+use crate::version::Version;
 use crate::{contract, dest};
 
 /// Where the generated Rust lives, relative to the repository root.
@@ -165,7 +166,7 @@ impl Target for Rust {
 
     fn build(&self, cx: &Context, package: &Path) -> Result<PathBuf> {
         // `cargo package` builds the crate as a consumer would get it.
-        let target = cx.root.join("target/sdk-build");
+        let target = sdk_target_dir(cx);
         dest::run(
             Command::new("cargo")
                 .args(["package", "--quiet", "--allow-dirty"])
@@ -191,17 +192,48 @@ impl Target for Rust {
         dest::reachable(&format!("rust: cargo registry {registry:?}"), &index)
     }
 
+    fn published(&self, version: Version, registry: &str) -> Result<bool> {
+        let var = registry.to_ascii_uppercase().replace('-', "_");
+        let Ok(index) = std::env::var(format!("CARGO_REGISTRIES_{var}_INDEX")) else {
+            return Ok(false);
+        };
+        // The index file of a crate named tether-proto: te/th/tether-proto, one
+        // JSON line per published version.
+        const ENTRY: &str = "te/th/tether-proto";
+        let what = format!("rust: cargo registry {registry:?}");
+        let lines = if let Some(dir) = index.strip_prefix("file://") {
+            fs::read_to_string(Path::new(dir).join(ENTRY)).ok()
+        } else if let Some(url) = index.strip_prefix("sparse+") {
+            dest::http_get(&what, &format!("{}/{ENTRY}", url.trim_end_matches('/')))?
+        } else {
+            None // a git index over the network: cargo publish itself refuses a duplicate
+        };
+        let want = version.to_string();
+        Ok(lines
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|entry| entry.get("vers").and_then(|v| v.as_str()) == Some(want.as_str())))
+    }
+
     fn upload(&self, cx: &Context, _artifact: &Path, registry: &str) -> Result<String> {
         let package = cx.out.join("rust");
         dest::run(
             Command::new("cargo")
                 .args(["publish", "--quiet", "--allow-dirty", "--no-verify", "--registry", registry])
-                .env("CARGO_TARGET_DIR", cx.root.join("target/sdk-build"))
+                .env("CARGO_TARGET_DIR", sdk_target_dir(cx))
                 .current_dir(&package),
             "cargo publish (tether-proto)",
         )?;
         Ok(format!("tether-proto {} to cargo registry {registry}", cx.version))
     }
+}
+
+/// Where `cargo package` builds the staged crate: `CODEGEN_CI_TARGET_DIR` when set
+/// (tests share one across scratch copies, so the dependencies build once), else
+/// `target/sdk-build` (not `target/`: the workspace's own build may hold its lock).
+fn sdk_target_dir(cx: &Context) -> PathBuf {
+    std::env::var_os("CODEGEN_CI_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cx.root.join("target/sdk-build"))
 }
 
 /// The manifest of the staged crate: `sdk/tether-proto/Cargo.toml` with the contract

@@ -10,6 +10,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 use super::{Context, Target};
+use crate::version::Version;
 use crate::{contract, dest, tools};
 
 /// Runtime dependencies of the generated package (versions that work on Node 20).
@@ -103,6 +104,19 @@ impl Target for TypeScript {
         }
         dest::require_env("NPM_TOKEN", "typescript: the npm registry token")?;
         dest::reachable("typescript: npm registry", destination)
+    }
+
+    fn published(&self, version: Version, destination: &str) -> Result<bool> {
+        if let Some(dir) = destination.strip_prefix("dir:") {
+            return Ok(Path::new(dir).join(format!("tether-proto-{version}.tgz")).exists());
+        }
+        // The registry's packument lists every published version.
+        let packument =
+            dest::http_get("typescript: npm registry", &format!("{}/tether-proto", destination.trim_end_matches('/')))?;
+        let versions = packument
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+            .and_then(|p| p.get("versions").cloned());
+        Ok(versions.is_some_and(|v| v.get(version.to_string()).is_some()))
     }
 
     fn upload(&self, cx: &Context, tarball: &Path, destination: &str) -> Result<String> {

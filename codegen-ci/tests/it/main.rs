@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod drift;
+mod end_to_end;
 mod fixtures;
 mod gate;
 mod support;

@@ -56,6 +56,8 @@ impl Tetherd {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir.path())
+            // The benchmark measures the command path, not the write limiter.
+            .args(["--subject-write-rate", "0", "--vehicle-write-rate", "0"])
             .args(&options.args)
             .env("RUST_LOG", &options.log)
             .stdin(Stdio::null())

@@ -4,6 +4,7 @@
 mod debounce;
 mod retry;
 mod set_desired;
+mod token;
 mod watch;
 
 use std::fmt;
@@ -20,6 +21,7 @@ use crate::{Error, Patch};
 
 pub use retry::RetryPolicy;
 pub use set_desired::{SetDesired, WaitLevel};
+pub use token::TokenSource;
 pub use watch::WatchStream;
 
 use debounce::Debouncer;
@@ -35,6 +37,7 @@ pub struct Client {
     channel: Channel,
     retry: RetryPolicy,
     debouncer: Arc<Debouncer<DebounceKey>>,
+    token: Option<Arc<dyn TokenSource>>,
 }
 
 impl fmt::Debug for Client {
@@ -65,7 +68,12 @@ impl Client {
 
     /// A client over an existing channel (for custom TLS or interceptors).
     pub fn from_channel(channel: Channel) -> Client {
-        Client { channel, retry: RetryPolicy::default(), debouncer: Arc::new(Debouncer::new(DEFAULT_DEBOUNCE)) }
+        Client {
+            channel,
+            retry: RetryPolicy::default(),
+            debouncer: Arc::new(Debouncer::new(DEFAULT_DEBOUNCE)),
+            token: None,
+        }
     }
 
     /// Retries writes by `policy` (default: [`RetryPolicy::default`]).
@@ -82,6 +90,22 @@ impl Client {
         self
     }
 
+    /// Sends a bearer token from `source` with every call (apps that
+    /// authenticate with tokens; see [`TokenSource`]).
+    pub fn with_token_source(mut self, source: impl TokenSource) -> Self {
+        self.token = Some(Arc::new(source));
+        self
+    }
+
+    /// `message` as a request carrying the bearer token, if any.
+    pub(crate) fn request<T>(&self, message: T) -> Result<tonic::Request<T>, Error> {
+        let mut request = tonic::Request::new(message);
+        if let Some(source) = &self.token {
+            token::authorize(source.as_ref(), &mut request)?;
+        }
+        Ok(request)
+    }
+
     /// Starts a write of desired state; configure it, then `.await` it.
     pub fn set_desired(&self, vehicle_id: impl Into<String>, patch: impl Into<Patch>) -> SetDesired {
         SetDesired::new(self.clone(), vehicle_id.into(), patch.into())
@@ -91,7 +115,7 @@ impl Client {
     /// See [`desired_of`](crate::desired_of) and [`actual_of`](crate::actual_of).
     pub async fn get_vehicle(&self, vehicle_id: impl Into<String>) -> Result<app::Vehicle, Error> {
         let vehicle_id = checked(vehicle_id.into())?;
-        let response = self.raw().get_vehicle(app::GetVehicleRequest { vehicle_id }).await?;
+        let response = self.raw().get_vehicle(self.request(app::GetVehicleRequest { vehicle_id })?).await?;
         Ok(response.into_inner())
     }
 
@@ -99,9 +123,7 @@ impl Client {
     /// the first event's `resumed` says whether anything was missed.
     pub async fn watch(&self, vehicle_id: impl Into<String>, from_generation: u64) -> Result<WatchStream, Error> {
         let vehicle_id = checked(vehicle_id.into())?;
-        let request = app::WatchVehicleRequest { vehicle_id, from_generation };
-        let response = self.raw().watch_vehicle(request).await?;
-        Ok(WatchStream::new(response.into_inner()))
+        WatchStream::open(self.clone(), vehicle_id, from_generation).await
     }
 
     /// Lists vehicles by id, a page at a time (`page_size` 0: the server's
@@ -113,7 +135,7 @@ impl Client {
         online_only: bool,
     ) -> Result<app::ListVehiclesResponse, Error> {
         let request = app::ListVehiclesRequest { page_size, page_token: page_token.into(), online_only };
-        Ok(self.raw().list_vehicles(request).await?.into_inner())
+        Ok(self.raw().list_vehicles(self.request(request)?).await?.into_inner())
     }
 
     /// Cancels desired fields not yet applied (`paths` empty: all of them).
@@ -124,17 +146,17 @@ impl Client {
     ) -> Result<app::CancelDesiredResponse, Error> {
         let vehicle_id = checked(vehicle_id.into())?;
         let request = app::CancelDesiredRequest { vehicle_id, paths };
-        Ok(self.raw().cancel_desired(request).await?.into_inner())
+        Ok(self.raw().cancel_desired(self.request(request)?).await?.into_inner())
     }
 
     /// The node's counts (AdminService on the same connection).
     pub async fn server_stats(&self) -> Result<ServerStats, Error> {
         let mut admin = AdminServiceClient::new(self.channel.clone());
-        Ok(admin.get_server_stats(GetServerStatsRequest {}).await?.into_inner())
+        Ok(admin.get_server_stats(self.request(GetServerStatsRequest {})?).await?.into_inner())
     }
 
     /// The generated ControlService client on this connection, for calls the
-    /// SDK does not wrap.
+    /// SDK does not wrap (they carry no bearer token: add it to the request).
     pub fn raw(&self) -> ControlServiceClient<Channel> {
         ControlServiceClient::new(self.channel.clone())
     }

@@ -17,7 +17,7 @@ mod view;
 pub use tether_proto as pb;
 
 pub use agent::{Agent, AgentBuilder, AgentEvent, AgentHandle, Capability, FieldChange, RecordingCapability, Refusal};
-pub use client::{Client, RetryPolicy, SetDesired, WaitLevel, WatchStream};
+pub use client::{Client, RetryPolicy, SetDesired, TokenSource, WaitLevel, WatchStream};
 pub use error::Error;
 pub use futures::future::BoxFuture;
 pub use outcome::{FieldOutcome, WriteOutcome};

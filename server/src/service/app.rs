@@ -20,6 +20,7 @@ use crate::auth::Principal;
 use crate::config::Config;
 use crate::core::{FieldOutcome, FieldStatus, Origin, Write, is_final};
 use crate::hub::{Change, Hub, VehicleCell, Versions};
+use crate::limits::WriteLimits;
 use crate::stats::{Gauge, WriteOutcome};
 
 /// The authenticated caller the auth layer put into the request.
@@ -42,12 +43,14 @@ pub struct ControlApi {
     hub: Arc<Hub>,
     config: Arc<Config>,
     shutdown: CancellationToken,
+    limits: Arc<WriteLimits>,
 }
 
 impl ControlApi {
-    /// A service over `hub`; `shutdown` answers waiting calls when the node stops.
-    pub fn new(hub: Arc<Hub>, config: Arc<Config>, shutdown: CancellationToken) -> Self {
-        ControlApi { hub, config, shutdown }
+    /// A service over `hub`; `shutdown` answers waiting calls when the node
+    /// stops; writes are bounded by `limits`.
+    pub fn new(hub: Arc<Hub>, config: Arc<Config>, shutdown: CancellationToken, limits: Arc<WriteLimits>) -> Self {
+        ControlApi { hub, config, shutdown, limits }
     }
 
     fn known(&self, id: &str) -> Result<Arc<VehicleCell>, ApiError> {
@@ -61,6 +64,7 @@ impl ControlApi {
         let principal = principal(&req)?;
         let req = req.into_inner();
         validate_vehicle_id(&req.vehicle_id)?;
+        self.limits.check(&principal.subject, &Arc::from(req.vehicle_id.as_str())).map_err(ApiError::RateLimited)?;
         let key = &req.idempotency_key;
         if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ApiError::InvalidArgument(format!(
@@ -345,6 +349,8 @@ impl ControlService for ControlApi {
                 | ApiError::InvalidArgument(_)
                 | ApiError::Field(_)
                 | ApiError::Write(_) => Some(WriteOutcome::Invalid),
+                ApiError::PermissionDenied(_) | ApiError::Unauthenticated(_) => Some(WriteOutcome::RefusedByAuth),
+                ApiError::RateLimited(_) => Some(WriteOutcome::RateLimited),
                 _ => None,
             };
             if let Some(outcome) = outcome {

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The caller's credentials expired during a stream.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A write rate limit was reached; nothing changed.
+    #[error("write rate limit of {} reached ({}/s, burst {}); retry after {} ms", .0.what, .0.rate.per_second, .0.rate.burst, .0.retry_after.as_millis().max(1))]
+    RateLimited(crate::limits::Limited),
     /// The vehicle is unknown.
     #[error("vehicle {0:?} is unknown: it has never connected nor been written to")]
     NotFound(String),
@@ -56,6 +59,15 @@ pub enum ApiError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
+        if let ApiError::RateLimited(limited) = &e {
+            // gRPC's retry pushback, in milliseconds, for clients that honour it.
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            let ms = limited.retry_after.as_millis().max(1).to_string();
+            if let Ok(value) = ms.parse() {
+                metadata.insert("grpc-retry-pushback-ms", value);
+            }
+            return Status::with_metadata(Code::ResourceExhausted, e.to_string(), metadata);
+        }
         let code = match &e {
             ApiError::InvalidVehicleId(_) | ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::Write(WriteError::KeyReused { .. }) => Code::AlreadyExists,
@@ -64,6 +76,7 @@ impl From<ApiError> for Status {
             ApiError::WrongVehicle { .. } | ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Offline(_) | ApiError::ShuttingDown(_) => Code::Unavailable,
+            ApiError::RateLimited(_) => Code::ResourceExhausted,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Store(inner) => {
                 tracing::error!(error = %inner, "storage failure");

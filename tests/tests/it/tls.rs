@@ -285,3 +285,31 @@ async fn a_new_server_certificate_is_used_without_dropping_sessions() {
     assert_eq!(server.stats().sessions, 1);
     drop(tx);
 }
+
+#[tokio::test]
+async fn services_may_authenticate_with_their_own_certificates() {
+    use tether_proto::app::v1::GetVehicleRequest;
+    use tether_proto::app::v1::control_service_client::ControlServiceClient;
+
+    let pki = Pki::new();
+    let (cert, key, ca) = (pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"));
+    let server = TestServer::start_with(move |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        c.client_ca = Some(ca);
+        c.services = vec![("fleet-app".into(), "vehicles:read vehicles:control".into())];
+    })
+    .await;
+    let now = SystemTime::now();
+    let service = pki.ca.client("fleet-app", now - Duration::from_secs(60), now + Duration::from_secs(3600)).unwrap();
+    let mut app = ControlServiceClient::new(connect(&server, &pki.ca.cert_pem, Some(&service)).await.unwrap());
+    app.set_desired(crate::set("car-s", "k1", crate::window(30))).await.unwrap();
+    let view = app.get_vehicle(GetVehicleRequest { vehicle_id: "car-s".into() }).await.unwrap().into_inner();
+    assert_eq!(view.fields[0].set_by, "service:fleet-app");
+
+    // A vehicle's certificate is not a service's: it may not control anything.
+    let car = pki.vehicle("car-s", Duration::from_secs(3600));
+    let mut intruder = ControlServiceClient::new(connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap());
+    let err = intruder.set_desired(crate::set("car-s", "k2", crate::window(100))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+}

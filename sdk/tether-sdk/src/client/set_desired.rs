@@ -202,7 +202,7 @@ impl SetDesired {
         let mut control = self.client.raw();
         let mut failed = 0;
         loop {
-            let mut attempt = tonic::Request::new(request.clone());
+            let mut attempt = self.client.request(request.clone())?;
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
