@@ -27,6 +27,7 @@ use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
 use crate::store::{RedbStore, Store};
 use crate::tls::TlsState;
+use crate::trace::{TraceLayer, Traces};
 use crate::transport::{OversizeAsResourceExhausted, TlsTermination, accept_loop};
 
 /// How often the shared expiry sweep runs.
@@ -63,6 +64,9 @@ pub enum StartError {
     /// TLS cannot be set up.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// Trace export cannot be set up.
+    #[error("cannot set up trace export: {0}")]
+    Traces(String),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -85,6 +89,7 @@ pub struct ServerHandle {
     draining: CancellationToken,
     grace: Duration,
     drain_delay: Duration,
+    traces: Traces,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -114,6 +119,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         identity_from: config.vehicle_identity,
     });
     let secure = tls.is_some();
+    let traces = Traces::from_config(&config).map_err(StartError::Traces)?;
     let auth = Arc::new(authenticator(&config, secure)?);
     let dir = config.data_dir.display().to_string();
     let store: Arc<dyn Store> =
@@ -142,7 +148,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let limit = config.max_message_bytes;
     let revoked = tls_state.as_ref().map(|s| s.revoked());
     let vehicle =
-        VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), draining.clone(), tasks.clone(), revoked);
+        VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), draining.clone(), tasks.clone(), revoked)
+            .with_traces(traces.clone());
     let control = ControlApi::new(hub.clone(), config.clone(), shutdown.clone());
     let admin = AdminApi::new(hub.clone(), tasks.clone());
     let (health, health_service) = Health::serving().await;
@@ -167,7 +174,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha)
     .prepare();
-    let service = OversizeAsResourceExhausted(Authenticate::new(routes, auth));
+    let service = OversizeAsResourceExhausted(Authenticate::new(TraceLayer::new(routes, traces.clone()), auth));
 
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), shutdown.clone()));
@@ -182,6 +189,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         data_dir = %config.data_dir.display(),
         vehicles = hub.len(),
         tls = secure,
+        traces = traces.exporting(),
         "tetherd serving gRPC"
     );
     Ok(ServerHandle {
@@ -195,6 +203,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         draining,
         grace: config.shutdown_grace,
         drain_delay: config.drain_delay,
+        traces,
     })
 }
 
@@ -303,6 +312,7 @@ impl ServerHandle {
             tracing::warn!(tasks = self.tasks.len(), "grace period over; closing with tasks still running");
         }
         self.hub.close_store();
+        self.traces.shutdown().await;
         tracing::info!("shut down");
     }
 }

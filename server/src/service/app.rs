@@ -59,6 +59,7 @@ impl ControlApi {
         let started = Instant::now();
         let caller_timeout = grpc_timeout(req.metadata());
         let principal = principal(&req)?;
+        let traceparent = crate::trace::write_traceparent(&req);
         let req = req.into_inner();
         validate_vehicle_id(&req.vehicle_id)?;
         let key = &req.idempotency_key;
@@ -91,11 +92,7 @@ impl ControlApi {
             fields,
             expected_generation: req.expected_generation,
             expires_at: ttl.map(|d| now + d),
-            origin: Origin {
-                subject: principal.subject.clone(),
-                idempotency_key: key.as_str().into(),
-                traceparent: String::new(),
-            },
+            origin: Origin { subject: principal.subject.clone(), idempotency_key: key.as_str().into(), traceparent },
         };
         let cell = if req.require_online {
             match self.hub.get(&req.vehicle_id) {

@@ -16,6 +16,7 @@ mod slow_reader;
 mod surface;
 mod tidy;
 mod tls;
+mod traces;
 mod transport;
 
 use tether_proto::RawState;
