@@ -1,6 +1,6 @@
 //! The benchmark's parts: a `tetherd` child process ([`Tetherd`]), its
 //! memory ([`rss`]), lean raw-protocol vehicles ([`lean_vehicle`]), and the
-//! scenarios ([`latency`], [`idle_memory`]), each ending in a report printed
+//! scenarios ([`latency`], [`idle_memory`], [`traces`]), each ending in a report printed
 //! as a table and one JSON line ([`print_report`]).
 //!
 //! Every scenario is bounded: it starts its own server on `127.0.0.1:0`,
@@ -12,6 +12,7 @@ pub mod latency;
 pub mod lean_vehicle;
 pub mod rss;
 mod tetherd;
+pub mod traces;
 
 pub use tetherd::{Tetherd, TetherdOptions};
 

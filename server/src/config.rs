@@ -225,6 +225,18 @@ pub struct Config {
     #[arg(long, env = "TETHER_VEHICLE_WRITE_BURST", default_value_t = 50)]
     pub vehicle_write_burst: u32,
 
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317).
+    /// Unset: the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, and with
+    /// neither, no export at all (no exporter, no background thread).
+    #[arg(long, env = "TETHER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Share of new traces exported, 0.0 to 1.0 (parent-based: a caller's
+    /// sampling decision is kept). Unset: OTEL_TRACES_SAMPLER and
+    /// OTEL_TRACES_SAMPLER_ARG, else every trace.
+    #[arg(long, env = "TETHER_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
+
     /// Log format: text or json.
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -270,6 +282,12 @@ impl Config {
                  client_ca (--tls-cert, --tls-key, --client-ca; a development PKI: `tether certs --out DIR`)",
                 self.listen
             ));
+        }
+        if self.trace_sample_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err("trace_sample_ratio (--trace-sample-ratio) must be between 0.0 and 1.0".into());
+        }
+        if self.otlp_endpoint.as_deref().is_some_and(|e| !e.starts_with("http://") && !e.starts_with("https://")) {
+            return Err("otlp_endpoint (--otlp-endpoint) must be a URL like http://127.0.0.1:4317".into());
         }
         if self.max_handshakes == 0 {
             return Err("max_handshakes (--max-handshakes) must be at least 1".into());
@@ -323,5 +341,9 @@ mod tests {
         assert!(err.contains("refusing to serve plaintext") && err.contains("--tls-cert"), "{err}");
         let half = Config::try_parse_from(["tetherd", "--tls-cert", "c.pem"]).unwrap_err().to_string();
         assert!(half.contains("--tls-key") && half.contains("--client-ca"), "{half}");
+        let ratio = Config::try_parse_from(["tetherd", "--trace-sample-ratio", "1.5"]).unwrap();
+        assert!(ratio.validate().unwrap_err().contains("trace_sample_ratio (--trace-sample-ratio)"));
+        let endpoint = Config::try_parse_from(["tetherd", "--otlp-endpoint", "collector:4317"]).unwrap();
+        assert!(endpoint.validate().unwrap_err().contains("otlp_endpoint (--otlp-endpoint)"));
     }
 }

@@ -6,7 +6,8 @@
 //! change, behind the `Router` trait), [`hub`] (per-vehicle cells: record,
 //! presence, change signal), [`service`] (gRPC services, status
 //! mapping in one place), [`transport`] (accept loop, HTTP/2 and HTTP/1.1
-//! for gRPC-Web), [`health`] (serving status), [`server`] (assembly and
+//! for gRPC-Web), [`health`] (serving status), [`trace`] (OpenTelemetry spans per
+//! command, OTLP export when configured), [`server`] (assembly and
 //! graceful shutdown).
 
 pub mod admin_http;
@@ -24,6 +25,7 @@ pub mod service;
 pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod transport;
 
 pub use config::Config;

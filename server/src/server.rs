@@ -28,6 +28,7 @@ use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
 use crate::store::{RedbStore, Store};
 use crate::tls::TlsState;
+use crate::trace::{TraceLayer, Traces};
 use crate::transport::{OversizeAsResourceExhausted, TlsTermination, accept_loop};
 
 /// How often the shared expiry sweep runs.
@@ -64,6 +65,9 @@ pub enum StartError {
     /// TLS cannot be set up.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// Trace export cannot be set up.
+    #[error("cannot set up trace export: {0}")]
+    Traces(String),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -86,6 +90,7 @@ pub struct ServerHandle {
     draining: CancellationToken,
     grace: Duration,
     drain_delay: Duration,
+    traces: Traces,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -115,6 +120,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         identity_from: config.vehicle_identity,
     });
     let secure = tls.is_some();
+    let traces = Traces::from_config(&config).map_err(StartError::Traces)?;
     let auth = Arc::new(authenticator(&config, secure)?);
     let dir = config.data_dir.display().to_string();
     let store: Arc<dyn Store> =
@@ -143,7 +149,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let limit = config.max_message_bytes;
     let revoked = tls_state.as_ref().map(|s| s.revoked());
     let vehicle =
-        VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), draining.clone(), tasks.clone(), revoked);
+        VehicleApi::new(hub.clone(), config.clone(), shutdown.clone(), draining.clone(), tasks.clone(), revoked)
+            .with_traces(traces.clone());
     let limits = Arc::new(WriteLimits::new(
         Rate { per_second: config.subject_write_rate, burst: config.subject_write_burst },
         Rate { per_second: config.vehicle_write_rate, burst: config.vehicle_write_burst },
@@ -172,7 +179,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha)
     .prepare();
-    let service = OversizeAsResourceExhausted(Authenticate::new(routes, auth));
+    let service = OversizeAsResourceExhausted(Authenticate::new(TraceLayer::new(routes, traces.clone()), auth));
 
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), limits, shutdown.clone()));
@@ -187,6 +194,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         data_dir = %config.data_dir.display(),
         vehicles = hub.len(),
         tls = secure,
+        traces = traces.exporting(),
         "tetherd serving gRPC"
     );
     Ok(ServerHandle {
@@ -200,6 +208,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         draining,
         grace: config.shutdown_grace,
         drain_delay: config.drain_delay,
+        traces,
     })
 }
 
@@ -316,6 +325,7 @@ impl ServerHandle {
             tracing::warn!(tasks = self.tasks.len(), "grace period over; closing with tasks still running");
         }
         self.hub.close_store();
+        self.traces.shutdown().await;
         tracing::info!("shut down");
     }
 }

@@ -6,6 +6,7 @@
 //! cargo build --release -p tetherd -p tether-examples
 //! target/release/tether-bench latency --writes 2000
 //! target/release/tether-bench idle-memory --vehicles 10000
+//! target/release/tether-bench traces --writes 2000   # latency with OTLP export off, 100%, 1%
 //! ```
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tether_examples::bench::idle_memory::{self, IdleMemoryConfig};
 use tether_examples::bench::latency::{self, LatencyConfig};
+use tether_examples::bench::traces;
 use tether_examples::bench::{Tetherd, TetherdOptions, print_report};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -40,6 +42,9 @@ enum Scenario {
     /// Sequential writes to one vehicle, each waiting until APPLIED:
     /// end-to-end latency percentiles and throughput.
     Latency(LatencyArgs),
+    /// latency three times in one run: OTLP trace export off, sampled at
+    /// 100%, sampled at 1% (to a null sink this process serves).
+    Traces(LatencyArgs),
     /// tetherd's memory per idle vehicle, each on its own TCP connection.
     IdleMemory(IdleMemoryArgs),
     /// latency, then idle-memory with 1,000 and with 10,000 vehicles.
@@ -91,6 +96,7 @@ async fn main() -> ExitCode {
     let options = TetherdOptions { path: args.tetherd.clone(), log: args.tetherd_log.clone(), args: Vec::new() };
     let plan = match &args.scenario {
         Scenario::Latency(a) => vec![Run::Latency(LatencyConfig { writes: a.writes, warmup: a.warmup })],
+        Scenario::Traces(a) => vec![Run::Traces(LatencyConfig { writes: a.writes, warmup: a.warmup })],
         Scenario::IdleMemory(a) => vec![Run::IdleMemory(a.config())],
         Scenario::All => {
             let idle = |vehicles| IdleMemoryConfig {
@@ -146,14 +152,20 @@ async fn main() -> ExitCode {
 enum Run {
     Latency(LatencyConfig),
     IdleMemory(IdleMemoryConfig),
+    Traces(LatencyConfig),
 }
 
 impl Run {
     async fn run(&self, options: &TetherdOptions) -> anyhow::Result<()> {
+        if let Run::Traces(config) = self {
+            // Starts its own tetherd per mode.
+            return traces::run(options, config).await.map(|r| print_report(&r));
+        }
         let server = Tetherd::start(options).await?;
         let outcome = match self {
             Run::Latency(config) => latency::run(&server, config).await.map(|r| print_report(&r)),
             Run::IdleMemory(config) => idle_memory::run(&server, config).await.map(|r| print_report(&r)),
+            Run::Traces(_) => unreachable!("handled above"),
         };
         server.stop().await?;
         outcome

@@ -12,6 +12,7 @@ mod error;
 mod ids;
 mod outcome;
 mod patch;
+mod trace;
 mod view;
 
 pub use tether_proto as pb;

@@ -62,6 +62,7 @@ impl ControlApi {
         let started = Instant::now();
         let caller_timeout = grpc_timeout(req.metadata());
         let principal = principal(&req)?;
+        let traceparent = crate::trace::write_traceparent(&req);
         let req = req.into_inner();
         validate_vehicle_id(&req.vehicle_id)?;
         self.limits.check(&principal.subject, &Arc::from(req.vehicle_id.as_str())).map_err(ApiError::RateLimited)?;
@@ -95,11 +96,7 @@ impl ControlApi {
             fields,
             expected_generation: req.expected_generation,
             expires_at: ttl.map(|d| now + d),
-            origin: Origin {
-                subject: principal.subject.clone(),
-                idempotency_key: key.as_str().into(),
-                traceparent: String::new(),
-            },
+            origin: Origin { subject: principal.subject.clone(), idempotency_key: key.as_str().into(), traceparent },
         };
         let cell = if req.require_online {
             match self.hub.get(&req.vehicle_id) {

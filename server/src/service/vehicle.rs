@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use opentelemetry::KeyValue;
 use rand::Rng;
 use tether_proto::vehicle::v1::vehicle_service_server::VehicleService;
 use tether_proto::vehicle::v1::{
@@ -32,6 +33,7 @@ use crate::core::{FieldReport, FieldStatus};
 use crate::hub::{Change, Hub, VehicleCell};
 use crate::stats::{self, Gauge, HandshakeFailure};
 use crate::tls::{PeerIdentity, Revoked};
+use crate::trace::Traces;
 
 /// Outbound messages buffered per session: a snapshot (only after the
 /// previous one was acknowledged), heartbeats (dropped when full) and a goodbye.
@@ -49,6 +51,8 @@ pub struct VehicleApi {
     tasks: TaskTracker,
     /// Serials revoked by the current CRLs (TLS only).
     revoked: Option<watch::Receiver<Revoked>>,
+    /// Spans of deliveries and results; session events.
+    traces: Traces,
 }
 
 impl VehicleApi {
@@ -63,7 +67,13 @@ impl VehicleApi {
         tasks: TaskTracker,
         revoked: Option<watch::Receiver<Revoked>>,
     ) -> Self {
-        VehicleApi { hub, config, shutdown, draining, tasks, revoked }
+        VehicleApi { hub, config, shutdown, draining, tasks, revoked, traces: Traces::off() }
+    }
+
+    /// Exports delivery and result spans and session events to `traces`.
+    pub fn with_traces(mut self, traces: Traces) -> Self {
+        self.traces = traces;
+        self
     }
 }
 
@@ -176,9 +186,20 @@ impl Session {
         let _gauge = Gauge::new(&hub.stats, |s| &s.sessions);
         stats::bump(&hub.stats.sessions_opened);
         let span = tracing::info_span!("session", vehicle = %cell.id, session = session_id);
+        let traces = &self.api.traces;
+        traces.session_event(
+            "session.connect",
+            &cell.id,
+            session_id,
+            vec![
+                KeyValue::new("tether.agent.version", hello.agent_version.clone()),
+                KeyValue::new("tether.last_applied_generation", last_applied as i64),
+            ],
+        );
         async {
             tracing::info!(agent = %hello.agent_version, last_applied, "session opened");
             let end = self.serve(&cell, session_id, kicked, &mut inbound, &tx).await;
+            trace_end(traces, &cell.id, session_id, &end);
             match end {
                 End::Goodbye(reason, message) => {
                     tracing::info!(reason = reason.as_str_name(), %message, "session closed");
@@ -314,15 +335,33 @@ impl Session {
             if !due {
                 return (None, Change::NONE);
             }
+            let sent_before = p.sent_generation;
             let expired = inner.record.expire(now);
             let snapshot = inner.record.snapshot(now);
             let p = &mut inner.presence;
             p.sent_generation = snapshot.generation;
             p.unacked = Some(snapshot.generation);
             p.snapshots_sent += 1;
-            (Some(snapshot), Change { status: expired, ..Change::NONE })
+            (Some((snapshot, sent_before)), Change { status: expired, ..Change::NONE })
         });
-        let Some(snapshot) = snapshot else { return };
+        let Some((snapshot, sent_before)) = snapshot else { return };
+        if self.api.traces.exporting() {
+            // A delivery span for each value this session has not sent yet
+            // (a snapshot repeats the fields already delivered).
+            for f in snapshot.fields.iter().filter(|f| f.generation > sent_before && !f.traceparent.is_empty()) {
+                self.api.traces.field_span(
+                    "tetherd.deliver",
+                    &f.traceparent,
+                    vec![
+                        KeyValue::new("tether.vehicle.id", cell.id.to_string()),
+                        KeyValue::new("tether.session.id", session_id as i64),
+                        KeyValue::new("tether.field.path", f.path.to_string()),
+                        KeyValue::new("tether.field.generation", f.generation as i64),
+                        KeyValue::new("tether.snapshot.generation", snapshot.generation as i64),
+                    ],
+                );
+            }
+        }
         let desired = DesiredState {
             generation: snapshot.generation,
             state: Some(StateSchema::join(snapshot.fields.iter().map(|f| &f.encoded))),
@@ -370,16 +409,70 @@ impl Session {
                 let actual =
                     read_actual(hub, report.actual.as_ref()).map_err(|e| protocol(format!("Report.actual: {e}")))?;
                 let results = read_results(hub, report.results);
-                hub.update(cell, |inner| {
-                    inner.presence.last_seen = Some(now);
-                    let had_actual = !actual.is_empty();
-                    let changed = inner.record.report(report.observed_generation, actual, results);
-                    ((), Change { actual: had_actual, status: changed, ..Change::NONE })
-                });
+                let traced = self.api.traces.exporting().then(|| results.clone());
+                let origins = hub
+                    .update(cell, |inner| {
+                        inner.presence.last_seen = Some(now);
+                        let had_actual = !actual.is_empty();
+                        // The trace context of each reported value, looked up
+                        // before the report settles it (only when exporting).
+                        let origins: Vec<String> = traced.iter().flatten().map(|r| origin_of(inner, r)).collect();
+                        let changed = inner.record.report(report.observed_generation, actual, results);
+                        (origins, Change { actual: had_actual, status: changed, ..Change::NONE })
+                    })
+                    .0;
+                for (result, traceparent) in traced.iter().flatten().zip(&origins) {
+                    self.api.traces.field_span(
+                        "tetherd.field_result",
+                        traceparent,
+                        vec![
+                            KeyValue::new("tether.vehicle.id", cell.id.to_string()),
+                            KeyValue::new("tether.session.id", session_id as i64),
+                            KeyValue::new("tether.field.path", result.path.to_string()),
+                            KeyValue::new("tether.field.generation", result.generation as i64),
+                            KeyValue::new("tether.field.status", result.status.as_str_name()),
+                            KeyValue::new("tether.field.reason", result.reason.clone()),
+                        ],
+                    );
+                }
             }
         }
         Ok(())
     }
+}
+
+/// The trace context of the value a result is about: its write's, while
+/// that value is still the field's current one (else none: the result is
+/// stale and the record ignores it).
+fn origin_of(inner: &crate::hub::VehicleInner, result: &FieldReport) -> String {
+    match inner.record.desired.get(&result.path) {
+        Some(field) if field.generation == result.generation && !crate::core::is_final(field.status) => {
+            field.origin.traceparent.clone()
+        }
+        _ => String::new(),
+    }
+}
+
+/// The session's end as an event: superseded, heartbeat lost, another
+/// goodbye from tetherd, or closed (by the vehicle or for an error).
+fn trace_end(traces: &Traces, vehicle: &str, session: u64, end: &End) {
+    if !traces.exporting() {
+        return;
+    }
+    let (name, attributes) = match end {
+        End::Goodbye(GoodbyeReason::Superseded, _) => ("session.superseded", vec![]),
+        End::Goodbye(GoodbyeReason::HeartbeatTimeout, _) => ("session.heartbeat_lost", vec![]),
+        End::Goodbye(reason, message) => (
+            "session.goodbye",
+            vec![
+                KeyValue::new("tether.goodbye.reason", reason.as_str_name()),
+                KeyValue::new("message", message.clone()),
+            ],
+        ),
+        End::Error(status) => ("session.closed", vec![KeyValue::new("rpc.grpc.status_code", status.code() as i64)]),
+        End::Quiet => ("session.closed", vec![KeyValue::new("tether.closed_by", "vehicle")]),
+    };
+    traces.session_event(name, vehicle, session, attributes);
 }
 
 /// Reads a vehicle's actual state, skipping fields this server's contract

@@ -17,6 +17,7 @@ mod slow_reader;
 mod surface;
 mod tidy;
 mod tls;
+mod traces;
 mod transport;
 
 use tether_proto::RawState;

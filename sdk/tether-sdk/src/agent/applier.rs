@@ -24,6 +24,7 @@ use super::capability::{Capability, FieldChange, Refusal};
 use super::guards::Guards;
 use super::persist::GenerationStore;
 use super::{AgentEvent, Shared};
+use crate::trace::ApplySpan;
 
 /// The part of the agent that survives sessions: capabilities, guards, the
 /// last handled generation and the actual state.
@@ -113,11 +114,14 @@ impl Applier {
         for meta in desired.fields.iter().filter(|m| m.generation > handled_before) {
             let path =
                 self.schema.leaf(&meta.path).map_or_else(|_| Arc::from(meta.path.as_str()), |l| l.path().clone());
+            // One span per field, a child of the write that set it.
+            let trace = ApplySpan::start(&meta.traceparent, &path, meta.generation);
             let refusal = self.apply_field(&path, meta, &values, desired.generation).await.err();
             let (status, reason, message) = match refusal {
                 None => (FieldStatus::Applied, String::new(), String::new()),
                 Some(r) => (normalized(r.status), r.reason, r.message),
             };
+            trace.end(status.as_str_name(), &reason);
             tracing::debug!(path = %path, generation = meta.generation, status = status.as_str_name(), %reason, "field handled");
             let event = match status {
                 FieldStatus::Applied => AgentEvent::Applied { path: path.clone(), generation: meta.generation },

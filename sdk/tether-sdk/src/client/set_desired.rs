@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::client::Client;
 use crate::ids::{check_idempotency_key, check_vehicle_id};
+use crate::trace::WriteSpan;
 use crate::{Error, Patch, WriteOutcome};
 
 /// How long a write waits before it returns.
@@ -143,7 +144,11 @@ impl SetDesired {
             vehicle_id = %request.vehicle_id,
             idempotency_key = %request.idempotency_key,
         );
-        self.call(request).instrument(span).await
+        // One client span for the write, all its attempts included.
+        let trace = WriteSpan::start(&request.vehicle_id);
+        let result = self.call(request, &trace).instrument(span).await;
+        trace.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
+        result
     }
 
     /// Checks the write and builds its request (with its idempotency key).
@@ -196,13 +201,14 @@ impl SetDesired {
     }
 
     /// Sends `request`, retrying UNAVAILABLE with the same key.
-    async fn call(self, request: app::SetDesiredRequest) -> Result<WriteOutcome, Error> {
+    async fn call(self, request: app::SetDesiredRequest, trace: &WriteSpan) -> Result<WriteOutcome, Error> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let policy = self.client.retry_policy();
         let mut control = self.client.raw();
         let mut failed = 0;
         loop {
             let mut attempt = self.client.request(request.clone())?;
+            trace.inject(&mut attempt);
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
