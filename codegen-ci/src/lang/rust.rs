@@ -62,6 +62,9 @@ fn render(root: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
             .build_client(true)
             .build_server(true)
             .build_transport(false)
+            // Small per-stream buffers: a node holds one stream per vehicle
+            // (sdk/tether-proto/src/codec.rs).
+            .codec_path("crate::codec::TetherCodec")
             .emit_rerun_if_changed(false);
         if pass == Pass::Envelopes {
             builder = builder.extern_path(".tether.state.v1.VehicleState", "crate::RawState");

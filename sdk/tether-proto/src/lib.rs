@@ -4,6 +4,7 @@
 //! Everything under `generated/` is written by `cargo codegen-ci generate`;
 //! `cargo codegen-ci check` fails when it drifts from `proto/`.
 
+pub mod codec;
 pub mod fields;
 mod raw_state;
 

@@ -443,7 +443,7 @@ pub mod control_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::TetherCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/tether.app.v1.ControlService/SetDesired",
             );
@@ -471,7 +471,7 @@ pub mod control_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::TetherCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/tether.app.v1.ControlService/GetVehicle",
             );
@@ -507,7 +507,7 @@ pub mod control_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::TetherCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/tether.app.v1.ControlService/WatchVehicle",
             );
@@ -537,7 +537,7 @@ pub mod control_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::TetherCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/tether.app.v1.ControlService/ListVehicles",
             );
@@ -569,7 +569,7 @@ pub mod control_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::TetherCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/tether.app.v1.ControlService/CancelDesired",
             );
@@ -797,7 +797,7 @@ pub mod control_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SetDesiredSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::TetherCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -842,7 +842,7 @@ pub mod control_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetVehicleSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::TetherCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -888,7 +888,7 @@ pub mod control_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = WatchVehicleSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::TetherCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -933,7 +933,7 @@ pub mod control_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListVehiclesSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::TetherCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -978,7 +978,7 @@ pub mod control_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CancelDesiredSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::TetherCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

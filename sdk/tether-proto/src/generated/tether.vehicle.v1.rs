@@ -348,7 +348,7 @@ pub mod vehicle_service_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::TetherCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/tether.vehicle.v1.VehicleService/Connect",
             );
@@ -504,7 +504,7 @@ pub mod vehicle_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ConnectSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::TetherCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
