@@ -152,6 +152,7 @@ pub async fn server_stats(channel: Channel) -> ServerStats {
 
 /// A vehicle speaking the protocol by hand, for tests that need to misbehave
 /// (stop reading, go silent, impersonate).
+#[derive(Debug)]
 pub struct RawVehicle {
     /// Messages to the server.
     pub tx: mpsc::Sender<VehicleMessage>,

@@ -6,10 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use tether_cli::pki::{DevCa, Issued};
 use tether_proto::RawState;
-use tether_proto::vehicle::v1::vehicle_service_client::VehicleServiceClient;
-use tether_proto::vehicle::v1::{GoodbyeReason, Hello, VehicleMessage, server_message, vehicle_message};
-use tether_tests::{BOUND, TestServer, eventually};
-use tokio_stream::wrappers::ReceiverStream;
+use tether_proto::vehicle::v1::{Goodbye, GoodbyeReason, Hello, server_message};
+use tether_tests::{BOUND, RawVehicle, TestServer, eventually};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -84,18 +82,32 @@ async fn connect_as(
         .await
 }
 
-/// The request side of a session, kept open while the test looks at answers.
-type Outbound = tokio::sync::mpsc::Sender<VehicleMessage>;
-
 /// Opens a session saying Hello as `vehicle`; returns the first message (and
-/// the open request side) or the error.
-async fn hello(channel: Channel, vehicle: &str) -> Result<(server_message::Kind, Outbound), tonic::Status> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+/// the open session) or the error.
+async fn hello(channel: Channel, vehicle: &str) -> Result<(server_message::Kind, RawVehicle), tonic::Status> {
     let hello = Hello { vehicle_id: vehicle.into(), actual: Some(RawState::default()), ..Default::default() };
-    tx.send(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }).await.unwrap();
-    let mut stream = VehicleServiceClient::new(channel).connect(ReceiverStream::new(rx)).await?.into_inner();
-    let first = tokio::time::timeout(BOUND, stream.message()).await.expect("an answer in time")?;
-    Ok((first.and_then(|m| m.kind).expect("a message"), tx))
+    let mut v = RawVehicle::open(channel, hello).await?;
+    let first = tokio::time::timeout(BOUND, v.rx.message()).await.expect("an answer in time")?;
+    Ok((first.and_then(|m| m.kind).expect("a message"), v))
+}
+
+/// Reads until the server's goodbye, answering heartbeats to stay alive.
+async fn goodbye(v: &mut RawVehicle, within: Duration) -> Goodbye {
+    tokio::time::timeout(within, async {
+        let mut sequence = 0;
+        loop {
+            match v.next().await {
+                Some(server_message::Kind::Goodbye(g)) => return g,
+                Some(_) => {
+                    sequence += 1;
+                    v.heartbeat(sequence).await;
+                }
+                None => panic!("closed without a goodbye"),
+            }
+        }
+    })
+    .await
+    .expect("a goodbye in time")
 }
 
 #[tokio::test]
@@ -158,26 +170,9 @@ async fn a_session_ends_when_its_certificate_expires() {
     let server = pki.server().await;
     let short = pki.vehicle("car-short", Duration::from_secs(2));
     let channel = connect(&server, &pki.ca.cert_pem, Some(&short)).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let hello = Hello { vehicle_id: "car-short".into(), actual: Some(RawState::default()), ..Default::default() };
-    tx.send(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }).await.unwrap();
-    let mut stream = VehicleServiceClient::new(channel).connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let goodbye = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.message().await.unwrap().and_then(|m| m.kind) {
-                Some(server_message::Kind::Goodbye(g)) => return g,
-                Some(_) => {
-                    // Stay alive: answer with a heartbeat.
-                    let beat = vehicle_message::Kind::Heartbeat(Default::default());
-                    let _ = tx.send(VehicleMessage { kind: Some(beat) }).await;
-                }
-                None => panic!("closed without a goodbye"),
-            }
-        }
-    })
-    .await
-    .expect("goodbye before the bound");
-    assert_eq!(goodbye.reason, GoodbyeReason::CredentialsExpired as i32);
+    let (mut v, _) = RawVehicle::connect(channel, "car-short", 0).await;
+    let bye = goodbye(&mut v, Duration::from_secs(10)).await;
+    assert_eq!(bye.reason, GoodbyeReason::CredentialsExpired as i32);
 }
 
 #[tokio::test]
@@ -226,29 +221,15 @@ async fn revoking_a_connected_vehicle_closes_its_session_within_a_second() {
     let server = pki.server().await;
     let car = pki.vehicle("car-r", Duration::from_secs(3600));
     let channel = connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let greeting = Hello { vehicle_id: "car-r".into(), actual: Some(RawState::default()), ..Default::default() };
-    tx.send(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(greeting)) }).await.unwrap();
-    let mut stream = VehicleServiceClient::new(channel).connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    assert!(matches!(stream.message().await.unwrap().and_then(|m| m.kind), Some(server_message::Kind::Welcome(_))));
+    let (mut v, _) = RawVehicle::connect(channel, "car-r", 0).await;
 
     let revoked_at = std::time::Instant::now();
     std::fs::write(pki.path("fleet.crl"), pki.ca.crl(&[&car.serial]).unwrap()).unwrap();
-    let goodbye = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match stream.message().await.unwrap().and_then(|m| m.kind) {
-                Some(server_message::Kind::Goodbye(g)) => return g,
-                Some(_) => continue,
-                None => panic!("closed without a goodbye"),
-            }
-        }
-    })
-    .await
-    .expect("a goodbye");
+    let goodbye = goodbye(&mut v, Duration::from_secs(5)).await;
     let took = revoked_at.elapsed();
     assert!(goodbye.message.contains("revoked"), "{goodbye:?}");
     assert!(took < Duration::from_secs(1), "closed {took:?} after the CRL changed");
-    drop(tx);
+    drop(v);
 
     // It cannot come back; another vehicle can.
     let again = match connect(&server, &pki.ca.cert_pem, Some(&car)).await {
@@ -267,7 +248,7 @@ async fn a_new_server_certificate_is_used_without_dropping_sessions() {
     let server = pki.server().await;
     let car = pki.vehicle("car-k", Duration::from_secs(3600));
     let channel = connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap();
-    let (welcome, tx) = hello(channel, "car-k").await.unwrap();
+    let (welcome, session) = hello(channel, "car-k").await.unwrap();
     assert!(matches!(welcome, server_message::Kind::Welcome(_)));
     // The first certificate does not name tether.test.
     assert!(connect_as(&server, &pki.ca.cert_pem, Some(&car), "tether.test").await.is_err());
@@ -283,7 +264,7 @@ async fn a_new_server_certificate_is_used_without_dropping_sessions() {
     .await;
     // The session opened before the reload is still alive.
     assert_eq!(server.stats().sessions, 1);
-    drop(tx);
+    drop(session);
 }
 
 #[tokio::test]
