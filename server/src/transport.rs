@@ -150,7 +150,21 @@ pub async fn accept_loop<S>(
         if at_cap {
             stats::bump(&stats.connections_refused);
             let limit = config.max_connections;
-            tasks.spawn(refuse(stream, peer, limit, builder));
+            match &tls {
+                None => {
+                    tasks.spawn(refuse(stream, peer, limit, builder));
+                }
+                // Over TLS the refusal must come through TLS too, or the
+                // client sees a handshake error instead of the reason.
+                Some(tls) => {
+                    let (tls, stats) = (tls.clone(), stats.clone());
+                    tasks.spawn(async move {
+                        if let Some(stream) = tls.handshake(stream, peer, &stats, &shutdown).await {
+                            refuse(stream, peer, limit, builder).await;
+                        }
+                    });
+                }
+            }
             continue;
         }
         let gauge = Gauge::new(&stats, |s| &s.connections);
@@ -338,7 +352,10 @@ impl AsyncWrite for Counted {
 }
 
 /// Serves an over-cap connection just long enough to tell the client why.
-async fn refuse(stream: TcpStream, peer: SocketAddr, limit: usize, builder: Arc<Builder>) {
+async fn refuse<I>(stream: I, peer: SocketAddr, limit: usize, builder: Arc<Builder>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tracing::warn!(%peer, limit, "refusing a connection: at the connection limit");
     let refuser = tower::service_fn(move |_req: Request<Incoming>| async move {
         let status = tonic::Status::unavailable(format!(

@@ -294,3 +294,25 @@ async fn services_may_authenticate_with_their_own_certificates() {
     let err = intruder.set_desired(crate::set("car-s", "k2", crate::window(100))).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 }
+
+#[tokio::test]
+async fn over_the_connection_cap_a_tls_client_is_told_why() {
+    let pki = Pki::new();
+    let (cert, key, ca) = (pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"));
+    let server = TestServer::start_with(move |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        c.client_ca = Some(ca);
+        c.max_connections = 1;
+    })
+    .await;
+    let first = pki.vehicle("car-1", Duration::from_secs(3600));
+    let (welcome, _session) =
+        hello(connect(&server, &pki.ca.cert_pem, Some(&first)).await.unwrap(), "car-1").await.unwrap();
+    assert!(matches!(welcome, server_message::Kind::Welcome(_)));
+    let second = pki.vehicle("car-2", Duration::from_secs(3600));
+    let channel = connect(&server, &pki.ca.cert_pem, Some(&second)).await.unwrap();
+    let err = hello(channel, "car-2").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("connection limit (1)"), "{}", err.message());
+}
