@@ -237,6 +237,12 @@ pub struct Config {
     #[arg(long, env = "TETHER_TRACE_SAMPLE_RATIO")]
     pub trace_sample_ratio: Option<f64>,
 
+    /// How often metrics are exported over OTLP, when an OTLP endpoint is
+    /// configured (the same one as traces). Unset: OTEL_METRIC_EXPORT_INTERVAL
+    /// (milliseconds), else 60s.
+    #[arg(long, env = "TETHER_OTLP_METRICS_INTERVAL", value_parser = duration)]
+    pub otlp_metrics_interval: Option<Duration>,
+
     /// Log format: text or json.
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -288,6 +294,9 @@ impl Config {
         }
         if self.otlp_endpoint.as_deref().is_some_and(|e| !e.starts_with("http://") && !e.starts_with("https://")) {
             return Err("otlp_endpoint (--otlp-endpoint) must be a URL like http://127.0.0.1:4317".into());
+        }
+        if self.otlp_metrics_interval.is_some_and(|i| i < Duration::from_millis(10)) {
+            return Err("otlp_metrics_interval (--otlp-metrics-interval) must be at least 10ms".into());
         }
         if self.max_handshakes == 0 {
             return Err("max_handshakes (--max-handshakes) must be at least 1".into());
@@ -345,5 +354,7 @@ mod tests {
         assert!(ratio.validate().unwrap_err().contains("trace_sample_ratio (--trace-sample-ratio)"));
         let endpoint = Config::try_parse_from(["tetherd", "--otlp-endpoint", "collector:4317"]).unwrap();
         assert!(endpoint.validate().unwrap_err().contains("otlp_endpoint (--otlp-endpoint)"));
+        let interval = Config::try_parse_from(["tetherd", "--otlp-metrics-interval", "1ms"]).unwrap();
+        assert!(interval.validate().unwrap_err().contains("otlp_metrics_interval (--otlp-metrics-interval)"));
     }
 }

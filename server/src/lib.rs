@@ -7,7 +7,8 @@
 //! presence, change signal), [`service`] (gRPC services, status
 //! mapping in one place), [`transport`] (accept loop, HTTP/2 and HTTP/1.1
 //! for gRPC-Web), [`health`] (serving status), [`trace`] (OpenTelemetry spans per
-//! command, OTLP export when configured), [`server`] (assembly and
+//! command, OTLP export when configured), [`otlp_metrics`] (the same metrics as
+//! the Prometheus endpoint, over OTLP when configured), [`server`] (assembly and
 //! graceful shutdown).
 
 pub mod admin_http;
@@ -19,6 +20,7 @@ pub mod health;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod otlp_metrics;
 pub mod router;
 pub mod server;
 pub mod service;

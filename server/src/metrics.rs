@@ -5,8 +5,8 @@
 //! resolve with our OpenTelemetry pins): the metrics are the same atomics
 //! that `AdminService` serves and the tests read ([`Stats`]), so the scrape
 //! path needs no second pipeline, no registry and no lock; the format is a
-//! few lines per family. OTLP export of the same values would read these
-//! atomics through OpenTelemetry observable instruments.
+//! few lines per family. OTLP export of the same values (`otlp_metrics.rs`)
+//! reads these atomics through OpenTelemetry observable instruments.
 
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
@@ -21,14 +21,7 @@ use crate::stats::{FIELD_OUTCOMES, HandshakeFailure, Histogram, LATENCY_BUCKETS,
 /// Renders every metric of the node.
 pub fn render(hub: &Hub, tasks: &TaskTracker) -> String {
     let s: &Stats = &hub.stats;
-    let now = SystemTime::now();
-    let (mut pending, mut pending_snapshots) = (0u64, 0u64);
-    for cell in hub.all() {
-        let inner = cell.lock();
-        pending +=
-            inner.record.desired.values().filter(|f| f.status == FieldStatus::Pending && f.is_live(now)).count() as u64;
-        pending_snapshots += u64::from(inner.snapshot_pending());
-    }
+    let (pending, pending_snapshots) = pending(hub);
     let mut out = Metrics(String::with_capacity(4096));
     out.gauge("tether_connected_vehicles", "Vehicles with a live session.", get(&s.sessions));
     out.gauge("tether_connections", "Open connections.", get(&s.connections));
@@ -72,7 +65,23 @@ pub fn render(hub: &Hub, tasks: &TaskTracker) -> String {
     out.0
 }
 
-fn status_label(status: FieldStatus) -> &'static str {
+/// Desired fields not yet delivered and not expired, and vehicles with a
+/// desired-state change not yet sent: counted over the hub's cells, each
+/// under its own lock, at read time.
+pub(crate) fn pending(hub: &Hub) -> (u64, u64) {
+    let now = SystemTime::now();
+    let (mut fields, mut snapshots) = (0u64, 0u64);
+    for cell in hub.all() {
+        let inner = cell.lock();
+        fields +=
+            inner.record.desired.values().filter(|f| f.status == FieldStatus::Pending && f.is_live(now)).count() as u64;
+        snapshots += u64::from(inner.snapshot_pending());
+    }
+    (fields, snapshots)
+}
+
+/// The metric label of a field outcome.
+pub(crate) fn status_label(status: FieldStatus) -> &'static str {
     match status {
         FieldStatus::Delivered => "delivered",
         FieldStatus::Applied => "applied",

@@ -23,6 +23,7 @@ use crate::core::KeyLimits;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::limits::{Rate, WriteLimits};
+use crate::otlp_metrics::OtlpMetrics;
 use crate::router::LocalRouter;
 use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
@@ -68,6 +69,9 @@ pub enum StartError {
     /// Trace export cannot be set up.
     #[error("cannot set up trace export: {0}")]
     Traces(String),
+    /// Metric export cannot be set up.
+    #[error("cannot set up metric export: {0}")]
+    Metrics(String),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -91,6 +95,7 @@ pub struct ServerHandle {
     grace: Duration,
     drain_delay: Duration,
     traces: Traces,
+    otlp_metrics: OtlpMetrics,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -146,6 +151,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let shutdown = CancellationToken::new();
     let draining = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let otlp_metrics = OtlpMetrics::from_config(&config, &hub, &tasks).map_err(StartError::Metrics)?;
     let limit = config.max_message_bytes;
     let revoked = tls_state.as_ref().map(|s| s.revoked());
     let vehicle =
@@ -195,6 +201,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         vehicles = hub.len(),
         tls = secure,
         traces = traces.exporting(),
+        metrics = otlp_metrics.exporting(),
         "tetherd serving gRPC"
     );
     Ok(ServerHandle {
@@ -209,6 +216,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         grace: config.shutdown_grace,
         drain_delay: config.drain_delay,
         traces,
+        otlp_metrics,
     })
 }
 
@@ -326,6 +334,8 @@ impl ServerHandle {
         }
         self.hub.close_store();
         self.traces.shutdown().await;
+        // The last export carries the final counts (every task has ended).
+        self.otlp_metrics.shutdown().await;
         tracing::info!("shut down");
     }
 }

@@ -10,6 +10,7 @@ mod durability;
 mod expiry;
 mod generic_state;
 mod metrics;
+mod otlp_metrics;
 mod raw_writes;
 mod sessions;
 mod simulator;

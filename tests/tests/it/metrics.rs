@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::command_path::event;
 
 /// `GET /metrics` over HTTP/1.0, as the simplest scraper does.
-async fn scrape(admin: SocketAddr) -> String {
+pub(crate) async fn scrape(admin: SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin port");
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: tetherd\r\n\r\n").await.unwrap();
     let mut response = String::new();
@@ -26,7 +26,7 @@ async fn scrape(admin: SocketAddr) -> String {
 }
 
 /// Samples by name with labels (`name{label="v"}`), as numbers.
-fn samples(text: &str) -> BTreeMap<String, f64> {
+pub(crate) fn samples(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
