@@ -60,6 +60,9 @@ impl Tetherd {
             .args(["--subject-write-rate", "0", "--vehicle-write-rate", "0"])
             .args(&options.args)
             .env("RUST_LOG", &options.log)
+            // No scenario measures metric export, and the traces scenario's
+            // null OTLP sink serves traces only.
+            .env("OTEL_METRICS_EXPORTER", "none")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
