@@ -15,6 +15,13 @@ use clap::Parser;
 
 use crate::tls::{IdentityFrom, TlsFiles};
 
+fn web_origin(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("https://") || s.starts_with("http://"))
+        && !s.ends_with('/')
+        && http::HeaderValue::from_str(s).is_ok();
+    if ok { Ok(s.to_string()) } else { Err(format!("`{s}` is not an origin like https://app.example.com")) }
+}
+
 fn service_scopes(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, scopes)) if !name.is_empty() && !scopes.trim().is_empty() => {
@@ -208,6 +215,12 @@ pub struct Config {
     /// Repeat for several.
     #[arg(long = "service", env = "TETHER_SERVICES", value_delimiter = ';', value_parser = service_scopes)]
     pub services: Vec<(String, String)>,
+
+    /// Browser origins allowed to call the gRPC-Web API (CORS), e.g.
+    /// `https://fleet.example.com`; repeat or separate with commas. Empty: no
+    /// cross-origin calls (same origin or a proxy only).
+    #[arg(long = "grpc-web-origin", env = "TETHER_GRPC_WEB_ORIGINS", value_delimiter = ',', value_parser = web_origin)]
+    pub grpc_web_origins: Vec<String>,
 
     /// Writes per second one subject (an app) may make; 0: no limit.
     #[arg(long, env = "TETHER_SUBJECT_WRITE_RATE", default_value_t = 200)]

@@ -186,6 +186,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     .add_service(reflection_v1alpha)
     .prepare();
     let service = OversizeAsResourceExhausted(Authenticate::new(TraceLayer::new(routes, traces.clone()), auth));
+    // CORS outside authentication: a browser's preflight carries no token.
+    let service = cors(&config.grpc_web_origins).layer(service);
 
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), limits, shutdown.clone()));
@@ -218,6 +220,30 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         traces,
         otlp_metrics,
     })
+}
+
+/// CORS for gRPC-Web from browsers on the configured origins (none: the
+/// layer adds nothing and answers no preflight).
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<http::HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([http::Method::POST])
+        .allow_headers([
+            http::header::AUTHORIZATION,
+            http::header::CONTENT_TYPE,
+            http::HeaderName::from_static("x-grpc-web"),
+            http::HeaderName::from_static("x-user-agent"),
+            http::HeaderName::from_static("grpc-timeout"),
+            http::HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([
+            http::HeaderName::from_static("grpc-status"),
+            http::HeaderName::from_static("grpc-message"),
+            http::HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 /// How apps authenticate: open (everyone may do everything) only without

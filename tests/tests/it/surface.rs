@@ -165,3 +165,58 @@ async fn a_grpc_web_call_over_http1_gets_a_grpc_web_answer() {
     drop(sender);
     let _ = tokio::time::timeout(BOUND, conn).await;
 }
+
+#[tokio::test]
+async fn a_browser_on_an_allowed_origin_may_call_grpc_web_across_origins() {
+    let server = TestServer::start_with(|c| c.grpc_web_origins = vec!["https://fleet.example".into()]).await;
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("HTTP/1.1");
+    let conn = tokio::spawn(conn);
+    let path = "/tether.app.v1.ControlService/SetDesired";
+    let preflight = |origin: &str| {
+        http::Request::options(path)
+            .header(http::header::HOST, server.addr.to_string())
+            .header(http::header::ORIGIN, origin)
+            .header(http::header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(http::header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type,x-grpc-web,authorization")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    // The browser's preflight: allowed, with the headers gRPC-Web needs.
+    let response = tokio::time::timeout(BOUND, sender.send_request(preflight("https://fleet.example")))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(response.status().is_success(), "{:?}", response.status());
+    let headers = response.headers();
+    assert_eq!(headers[http::header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://fleet.example");
+    let allowed = headers[http::header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("x-grpc-web"), "{allowed}");
+    let _ = response.into_body().collect().await;
+
+    // The call itself exposes the gRPC status to the page.
+    let request = http::Request::post(path)
+        .header(http::header::HOST, server.addr.to_string())
+        .header(http::header::ORIGIN, "https://fleet.example")
+        .header(http::header::CONTENT_TYPE, "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(Full::new(frame(&set("car-cors", "cors-1", window(10)))))
+        .unwrap();
+    let response = tokio::time::timeout(BOUND, sender.send_request(request)).await.expect("answered").unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(response.headers()[http::header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://fleet.example");
+    let exposed = response.headers()[http::header::ACCESS_CONTROL_EXPOSE_HEADERS].to_str().unwrap().to_string();
+    assert!(exposed.contains("grpc-status"), "{exposed}");
+    let _ = response.into_body().collect().await;
+
+    // Another origin gets no permission.
+    let response = tokio::time::timeout(BOUND, sender.send_request(preflight("https://evil.example")))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(response.headers().get(http::header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    drop(sender);
+    let _ = tokio::time::timeout(BOUND, conn).await;
+}
