@@ -263,30 +263,31 @@ where
 
 // === W3C traceparent ===
 //
-// Written here rather than taken from a propagator: the header is one line
-// of fixed format, and the same value travels in a protobuf field, where no
-// propagator's carrier applies. The SDK has its twin (it cannot depend on
-// the server).
+// The value travels in gRPC metadata and in a protobuf field, where no
+// propagator's carrier applies; `tether_proto::traceparent` parses it once
+// for the server and the SDK alike.
 
-/// Parses `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
+/// Parses a traceparent into a remote span context.
 pub fn parse(traceparent: &str) -> Option<SpanContext> {
-    let mut parts = traceparent.trim().split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
-        return None;
-    }
-    if version == "00" && parts.next().is_some() {
-        return None;
-    }
-    let trace_id = TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID)?;
-    let span_id = SpanId::from_hex(span).ok().filter(|s| *s != SpanId::INVALID)?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(SpanContext::new(trace_id, span_id, TraceFlags::new(flags & 1), true, TraceState::default()))
+    let tp = tether_proto::traceparent::TraceParent::parse(traceparent)?;
+    let flags = if tp.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+    Some(SpanContext::new(
+        TraceId::from_bytes(tp.trace_id),
+        SpanId::from_bytes(tp.span_id),
+        flags,
+        true,
+        TraceState::default(),
+    ))
 }
 
 /// Formats a span context as a version-00 traceparent.
 pub fn format(cx: &SpanContext) -> String {
-    format!("00-{:032x}-{:016x}-{:02x}", cx.trace_id(), cx.span_id(), cx.trace_flags().to_u8())
+    let tp = tether_proto::traceparent::TraceParent {
+        trace_id: cx.trace_id().to_bytes(),
+        span_id: cx.span_id().to_bytes(),
+        sampled: cx.is_sampled(),
+    };
+    tp.to_string()
 }
 
 #[cfg(test)]
@@ -299,17 +300,8 @@ mod tests {
         let cx = parse(tp).unwrap();
         assert!(cx.is_sampled() && cx.is_remote());
         assert_eq!(format(&cx), tp);
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "00-xyz92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ] {
-            assert!(parse(bad).is_none(), "{bad}");
-        }
+        // The parser's edge cases are tested in tether_proto::traceparent.
+        assert!(parse("garbage").is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod fields;
 mod raw_state;
+pub mod traceparent;
 
 pub use fields::{FieldError, FieldValue, StateSchema};
 pub use raw_state::RawState;

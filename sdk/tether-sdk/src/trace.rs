@@ -97,29 +97,30 @@ mod otel {
         }
     }
 
-    // W3C traceparent, version 00. Written here (tetherd has its twin): the
-    // value also travels in a protobuf field, where no propagator's carrier
-    // applies, and the SDK needs no propagator configured to send it.
+    // W3C traceparent: parsed by `tether_proto::traceparent` (the server
+    // uses the same parser), converted to OpenTelemetry's span context here.
 
-    /// Parses `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
+    /// Parses a traceparent into a remote span context.
     pub(crate) fn parse(traceparent: &str) -> Option<SpanContext> {
-        let mut parts = traceparent.trim().split('-');
-        let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
-            return None;
-        }
-        if version == "00" && parts.next().is_some() {
-            return None;
-        }
-        let trace_id = TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID)?;
-        let span_id = SpanId::from_hex(span).ok().filter(|s| *s != SpanId::INVALID)?;
-        let flags = u8::from_str_radix(flags, 16).ok()?;
-        Some(SpanContext::new(trace_id, span_id, TraceFlags::new(flags & 1), true, TraceState::default()))
+        let tp = tether_proto::traceparent::TraceParent::parse(traceparent)?;
+        let flags = if tp.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        Some(SpanContext::new(
+            TraceId::from_bytes(tp.trace_id),
+            SpanId::from_bytes(tp.span_id),
+            flags,
+            true,
+            TraceState::default(),
+        ))
     }
 
     /// Formats a span context as a version-00 traceparent.
     pub(crate) fn format(cx: &SpanContext) -> String {
-        format!("00-{:032x}-{:016x}-{:02x}", cx.trace_id(), cx.span_id(), cx.trace_flags().to_u8())
+        let tp = tether_proto::traceparent::TraceParent {
+            trace_id: cx.trace_id().to_bytes(),
+            span_id: cx.span_id().to_bytes(),
+            sampled: cx.is_sampled(),
+        };
+        tp.to_string()
     }
 
     #[cfg(test)]
