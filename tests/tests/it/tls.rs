@@ -31,6 +31,11 @@ impl Pki {
     }
 
     async fn server(&self) -> TestServer {
+        self.server_with(|_| {}).await
+    }
+
+    /// A TLS server on this PKI, with `more` settings on top.
+    async fn server_with(&self, more: impl FnOnce(&mut tetherd::Config)) -> TestServer {
         let (cert, key, ca, crl) =
             (self.path("server.pem"), self.path("server.key"), self.path("ca.pem"), self.path("fleet.crl"));
         // An empty CRL to start with; tests revoke by rewriting it.
@@ -40,6 +45,7 @@ impl Pki {
             c.tls_key = Some(key);
             c.client_ca = Some(ca);
             c.crls = vec![crl];
+            more(c);
         })
         .await
     }
@@ -273,14 +279,8 @@ async fn services_may_authenticate_with_their_own_certificates() {
     use tether_proto::app::v1::control_service_client::ControlServiceClient;
 
     let pki = Pki::new();
-    let (cert, key, ca) = (pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"));
-    let server = TestServer::start_with(move |c| {
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-        c.client_ca = Some(ca);
-        c.services = vec![("fleet-app".into(), "vehicles:read vehicles:control".into())];
-    })
-    .await;
+    let server =
+        pki.server_with(|c| c.services = vec![("fleet-app".into(), "vehicles:read vehicles:control".into())]).await;
     let now = SystemTime::now();
     let service = pki.ca.client("fleet-app", now - Duration::from_secs(60), now + Duration::from_secs(3600)).unwrap();
     let mut app = ControlServiceClient::new(connect(&server, &pki.ca.cert_pem, Some(&service)).await.unwrap());
@@ -298,14 +298,7 @@ async fn services_may_authenticate_with_their_own_certificates() {
 #[tokio::test]
 async fn over_the_connection_cap_a_tls_client_is_told_why() {
     let pki = Pki::new();
-    let (cert, key, ca) = (pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"));
-    let server = TestServer::start_with(move |c| {
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-        c.client_ca = Some(ca);
-        c.max_connections = 1;
-    })
-    .await;
+    let server = pki.server_with(|c| c.max_connections = 1).await;
     let first = pki.vehicle("car-1", Duration::from_secs(3600));
     let (welcome, _session) =
         hello(connect(&server, &pki.ca.cert_pem, Some(&first)).await.unwrap(), "car-1").await.unwrap();
