@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use tether_tests::TestServer;
 use tokio::process::{Child, Command};
 
-use crate::support::{edit, repo, scratch, set_version};
+use codegen_ci::Bump;
+
+use crate::support::{after_release, edit, released, repo, scratch, set_version};
 
 /// Installing the tools cold (cargo-http-registry is a ~4 min `cargo install`).
 const INSTALL: Duration = Duration::from_secs(20 * 60);
@@ -211,19 +213,21 @@ impl Registries {
 
 // === The consumers ===
 
-/// Which contract a consumer is written against: the released 1.0.0 sets a
-/// window; 1.1.0 adds `seats` and sets its heater.
+/// Which contract a consumer is written against: `Base`, the release the
+/// repository is at (`proto/VERSION`), sets a window; `Next`, its minor bump made by
+/// the test, adds `seats` and sets its heater. Derived, not written down, so the
+/// test follows the real contract's releases.
 #[derive(Clone, Copy)]
 enum Release {
-    V1_0,
-    V1_1,
+    Base,
+    Next,
 }
 
 impl Release {
-    fn version(self) -> &'static str {
+    fn version(self) -> String {
         match self {
-            Release::V1_0 => "1.0.0",
-            Release::V1_1 => "1.1.0",
+            Release::Base => released().to_string(),
+            Release::Next => after_release(Bump::Minor),
         }
     }
 }
@@ -302,30 +306,30 @@ console.log(`node: tether-proto ${version}: @FIELD@=${@READ@}`);
 /// Fills a consumer template for a release: what it sets, how it reads it back.
 fn fill(template: &str, release: Release, lang: &str) -> String {
     let (field, want, patch, read) = match (release, lang) {
-        (Release::V1_0, "rust") => (
+        (Release::Base, "rust") => (
             "front_left",
             "40",
             "VehicleState { windows: Some(Windows { front_left: Some(40), ..Default::default() }), ..Default::default() }",
             "desired.windows.and_then(|w| w.front_left)",
         ),
-        (Release::V1_1, "rust") => (
+        (Release::Next, "rust") => (
             "heater_level",
             "2",
             "VehicleState { seats: Some(Seats { heater_level: Some(2) }), ..Default::default() }",
             "desired.seats.and_then(|s| s.heater_level)",
         ),
-        (Release::V1_0, "python") => {
+        (Release::Base, "python") => {
             ("front_left", "40", "s.VehicleState(windows=s.Windows(front_left=40))", "desired.windows.front_left")
         }
-        (Release::V1_1, "python") => {
+        (Release::Next, "python") => {
             ("heater_level", "2", "s.VehicleState(seats=s.Seats(heater_level=2))", "desired.seats.heater_level")
         }
-        (Release::V1_0, _) => ("frontLeft", "40", "{ windows: { frontLeft: 40 } }", "desired?.windows?.frontLeft"),
-        (Release::V1_1, _) => ("heaterLevel", "2", "{ seats: { heaterLevel: 2 } }", "desired?.seats?.heaterLevel"),
+        (Release::Base, _) => ("frontLeft", "40", "{ windows: { frontLeft: 40 } }", "desired?.windows?.frontLeft"),
+        (Release::Next, _) => ("heaterLevel", "2", "{ seats: { heaterLevel: 2 } }", "desired?.seats?.heaterLevel"),
     };
-    // Python, 1.1.0: the new field's rules (0..=3) are the server's too.
+    // Python, the next release: the new field's rules (0..=3) are the server's too.
     let extra = match (release, lang) {
-        (Release::V1_1, "python") => concat!(
+        (Release::Next, "python") => concat!(
             "try:\n",
             "    stub.SetDesired(app_pb2.SetDesiredRequest(vehicle_id=\"py-car\", idempotency_key=\"py-bad\", patch=s.VehicleState(seats=s.Seats(heater_level=7))), timeout=10)\n",
             "    raise SystemExit(\"heater_level 7 was accepted\")\n",
@@ -342,7 +346,7 @@ fn fill(template: &str, release: Release, lang: &str) -> String {
         .replace("@WANT@", &want)
         .replace("@FIELD@", field)
         .replace("@EXTRA@\n", extra)
-        .replace("@VERSION@", release.version())
+        .replace("@VERSION@", &release.version())
 }
 
 /// The Rust consumer: resolves `tether-proto = "=<version>"` from the local
@@ -454,8 +458,8 @@ async fn consumers(dir: &Path, reg: &Registries, release: Release, server: &str)
 fn assert_printed(out: &[String; 3], release: Release) {
     let v = release.version();
     let (rust_field, py_field, node_field, want) = match release {
-        Release::V1_0 => ("front_left", "front_left", "frontLeft", 40),
-        Release::V1_1 => ("heater_level", "heater_level", "heaterLevel", 2),
+        Release::Base => ("front_left", "front_left", "frontLeft", 40),
+        Release::Next => ("heater_level", "heater_level", "heaterLevel", 2),
     };
     assert_eq!(out[0].trim(), format!("rust: tether-proto {v}: {rust_field}={want}"));
     assert_eq!(out[1].trim(), format!("python: tether-proto {v}: {py_field}={want}"));
@@ -477,10 +481,11 @@ async fn published_sdks_reach_consumers_and_a_new_capability_follows() {
     let reg = start_registries(work.path()).await;
     let _cleanup = CargoHomeCleanup { index: reg.cargo_index.clone() };
 
-    // 1.0.0 is released in the repository: publish it.
-    let out = run("publish 1.0.0", reg.publish(root), PUBLISH).await;
-    assert!(out.contains("tether-proto 1.0.0 to cargo registry local"), "{out}");
-    assert!(reg.npm.join("tether-proto-1.0.0.tgz").is_file());
+    // The repository's version is released: publish it.
+    let (base, next) = (Release::Base.version(), Release::Next.version());
+    let out = run(&format!("publish {base}"), reg.publish(root), PUBLISH).await;
+    assert!(out.contains(&format!("tether-proto {base} to cargo registry local")), "{out}");
+    assert!(reg.npm.join(format!("tether-proto-{base}.tgz")).is_file());
 
     // Publishing the same number again is refused before anything is built.
     let mut again = reg.publish(root);
@@ -489,14 +494,16 @@ async fn published_sdks_reach_consumers_and_a_new_capability_follows() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("rust: tether-proto 1.0.0 is already published to local: a release number is never reused"),
+        stderr.contains(&format!(
+            "rust: tether-proto {base} is already published to local: a release number is never reused"
+        )),
         "{stderr}"
     );
 
     let consumers_dir = work.path().join("consumers");
     let server = TestServer::start().await;
-    let printed = consumers(&consumers_dir, &reg, Release::V1_0, &server.url()).await;
-    assert_printed(&printed, Release::V1_0);
+    let printed = consumers(&consumers_dir, &reg, Release::Base, &server.url()).await;
+    assert_printed(&printed, Release::Base);
     server.shutdown().await;
 
     // Add a capability (with rules), release it as a minor bump, publish again.
@@ -508,20 +515,20 @@ async fn published_sdks_reach_consumers_and_a_new_capability_follows() {
          // Seats.\nmessage Seats {\n  // Heater level, 0 to 3.\n  \
          optional uint32 heater_level = 1 [(tether.options.v1.rules) = {min: 0, max: 3}];\n}",
     );
-    set_version(root, "1.1.0");
+    set_version(root, &next);
     let mut release = Command::new(env!("CARGO_BIN_EXE_codegen-ci"));
     release.arg("--root").arg(root).arg("--tools").arg(repo()).arg("release");
-    let out = run("release 1.1.0", release, PUBLISH).await;
-    assert!(out.contains("released contract 1.1.0"), "{out}");
+    let out = run(&format!("release {next}"), release, PUBLISH).await;
+    assert!(out.contains(&format!("released contract {next}")), "{out}");
     let changelog = fs::read_to_string(root.join("proto/CHANGELOG.md")).unwrap();
-    assert!(changelog.contains("## 1.1.0") && changelog.contains("Seats"), "{changelog}");
-    run("publish 1.1.0", reg.publish(root), PUBLISH).await;
+    assert!(changelog.contains(&format!("## {next}")) && changelog.contains("Seats"), "{changelog}");
+    run(&format!("publish {next}"), reg.publish(root), PUBLISH).await;
 
-    // A server that understands 1.1.0: it reads the released descriptor set.
-    let descriptor = root.join("proto/releases/1.1.0.binpb");
+    // A server that understands the new release: it reads its descriptor set.
+    let descriptor = root.join(format!("proto/releases/{next}.binpb"));
     let server = TestServer::start_with(|c| c.state_descriptor = Some(descriptor.clone())).await;
-    let printed = consumers(&consumers_dir, &reg, Release::V1_1, &server.url()).await;
-    assert_printed(&printed, Release::V1_1);
+    let printed = consumers(&consumers_dir, &reg, Release::Next, &server.url()).await;
+    assert_printed(&printed, Release::Next);
     server.shutdown().await;
     eprintln!("e2e: total {:.1?}", started.elapsed());
 }

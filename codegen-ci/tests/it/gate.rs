@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use crate::support::{codegen_ci, edit, scratch, set_version, text};
+use codegen_ci::Bump;
+
+use crate::support::{after_release, codegen_ci, edit, released, scratch, set_version, text};
 
 /// What the author does after editing the contract (check also gates drift).
 fn regenerate(root: &Path) {
@@ -22,8 +24,9 @@ fn a_breaking_change_needs_a_major_bump() {
         "  // Sunroof.\n  optional uint32 sunroof = 5 [(tether.options.v1.rules) = {min: 0, max: 100}];\n",
         "",
     );
-    for version in ["1.0.0", "1.1.0", "1.0.1"] {
-        set_version(dir.path(), version);
+    let major = after_release(Bump::Major);
+    for version in [released().to_string(), after_release(Bump::Minor), after_release(Bump::Patch)] {
+        set_version(dir.path(), &version);
         let out = codegen_ci(dir.path(), &["check"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{version}: {}", text(&out));
@@ -35,11 +38,11 @@ fn a_breaking_change_needs_a_major_bump() {
             "{version}: the failure names file, element and rule:\n{stderr}"
         );
         assert!(
-            stderr.contains("SEMVER") && stderr.contains("echo 2.0.0 > proto/VERSION"),
+            stderr.contains("SEMVER") && stderr.contains(&format!("echo {major} > proto/VERSION")),
             "{version}: fix given:\n{stderr}"
         );
     }
-    set_version(dir.path(), "2.0.0");
+    set_version(dir.path(), &major);
     regenerate(dir.path());
     let out = codegen_ci(dir.path(), &["check"]);
     assert!(out.status.success(), "with the major bump check passes:\n{}", text(&out));
@@ -54,11 +57,12 @@ fn an_addition_needs_a_minor_bump() {
         "  LOCK_STATE_UNLOCKED = 2;\n",
         "  LOCK_STATE_UNLOCKED = 2;\n  // Double-locked.\n  LOCK_STATE_DOUBLE_LOCKED = 3;\n",
     );
-    set_version(dir.path(), "1.0.1");
+    set_version(dir.path(), &after_release(Bump::Patch));
     let out = codegen_ci(dir.path(), &["check"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("echo 1.1.0 > proto/VERSION"), "{}", text(&out));
-    set_version(dir.path(), "1.1.0");
+    let minor = after_release(Bump::Minor);
+    assert!(text(&out).contains(&format!("echo {minor} > proto/VERSION")), "{}", text(&out));
+    set_version(dir.path(), &minor);
     regenerate(dir.path());
     let out = codegen_ci(dir.path(), &["check"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -70,5 +74,6 @@ fn a_version_lower_than_the_last_release_fails() {
     set_version(dir.path(), "0.9.0");
     let out = codegen_ci(dir.path(), &["check"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("lower than the last release 1.0.0"), "{}", text(&out));
+    let last = released();
+    assert!(text(&out).contains(&format!("lower than the last release {last}")), "{}", text(&out));
 }

@@ -4,6 +4,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use codegen_ci::{Bump, Version};
+
 /// The repository root.
 pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -40,6 +42,18 @@ pub(crate) fn edit(root: &Path, file: &str, from: &str, to: &str) {
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
     assert_eq!(text.matches(from).count(), 1, "{file}: {from:?} must occur once");
     fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+/// The contract version the repository is at: released, so
+/// `proto/releases/<it>.binpb` exists. Tests derive every version from it, so they
+/// keep working when the real contract moves on.
+pub(crate) fn released() -> Version {
+    Version::read(&repo()).expect("proto/VERSION")
+}
+
+/// The released version bumped by `bump`, as text.
+pub(crate) fn after_release(bump: Bump) -> String {
+    released().bumped(bump).to_string()
 }
 
 /// Writes `proto/VERSION`.
