@@ -2,8 +2,10 @@
 //! vehicles' desired state, and read a node's counts. It uses only the SDK;
 //! values are parsed and rendered through the contract's descriptors.
 
+mod audit;
 mod cancel;
 mod certs;
+mod connect;
 mod get;
 mod list;
 mod outcome;
@@ -18,9 +20,7 @@ mod when;
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tether_sdk::Client;
 use tether_sdk::pb::StateSchema;
 use tracing_subscriber::EnvFilter;
 
@@ -43,9 +43,11 @@ const EXIT_NOT_APPLIED: u8 = 3;
                   2 bad arguments; 3 `set` stored the write but a field ended REJECTED, FAILED, EXPIRED or CANCELLED."
 )]
 struct Cli {
-    /// tetherd's address.
+    /// tetherd's address (`https://…` with --ca).
     #[arg(long, global = true, env = "TETHER_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    #[command(flatten)]
+    credentials: connect::Credentials,
     /// Machine-readable output: one JSON object per result or event line on
     /// stdout, errors as JSON on stderr, no progress.
     #[arg(long, global = true)]
@@ -66,6 +68,9 @@ enum Command {
     List(list::Args),
     /// Cancels desired fields not yet applied.
     Cancel(cancel::Args),
+    /// Shows a vehicle's audit trail: every write and cancel, accepted or
+    /// refused, newest first (needs scope audit:read).
+    Audit(audit::Args),
     /// Shows the node's counts (connections, sessions, tasks...).
     Stats,
     /// Creates a development PKI: a CA, a server certificate for loopback,
@@ -75,16 +80,7 @@ enum Command {
     Tokens(tokens::Args),
 }
 
-/// Where tetherd is. Commands connect only once their arguments are checked,
-/// so a typo is reported as such even with no server running.
-pub(crate) struct Server(String);
-
-impl Server {
-    /// Connects (within the SDK's connect timeout).
-    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
-        Client::connect(self.0.clone()).await.with_context(|| format!("cannot connect to tetherd at {}", self.0))
-    }
-}
+pub(crate) use connect::Server;
 
 /// Runs the CLI as a command (the `tether` binary is this function).
 pub fn main() -> ExitCode {
@@ -109,7 +105,7 @@ async fn run_command() -> ExitCode {
 }
 
 async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
-    let server = Server(cli.server);
+    let server = Server::new(cli.server, cli.credentials)?;
     let schema = StateSchema::contract();
     match cli.command {
         Command::Set(args) => set::run(&server, &schema, output, args).await,
@@ -117,6 +113,7 @@ async fn run(cli: Cli, output: Output) -> anyhow::Result<()> {
         Command::Watch(args) => watch::run(&server.connect().await?, &schema, output, args).await,
         Command::List(args) => list::run(&server.connect().await?, output, args).await,
         Command::Cancel(args) => cancel::run(&server.connect().await?, output, args).await,
+        Command::Audit(args) => audit::run(&server.connect().await?, &schema, output, args).await,
         Command::Stats => stats::run(&server.connect().await?, output).await,
         Command::Certs(args) => certs::run(output, args),
         Command::Tokens(args) => tokens::run(output, args),

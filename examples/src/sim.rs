@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tether_sdk::pb::state::v1::{Charging, Climate, Doors, Trunk, VehicleState, Windows};
-use tether_sdk::{Agent, AgentHandle, LockState, OpenState, RawState, StateSchema};
+use tether_sdk::{Agent, AgentHandle, LockState, OpenState, RawState, StateSchema, Tls};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
@@ -56,6 +56,37 @@ pub struct FleetConfig {
     /// Where agents persist the last generation they handled, so a restarted
     /// simulator does not apply old fields again (`None`: they start afresh).
     pub state_dir: Option<PathBuf>,
+    /// Mutual TLS: each vehicle presents its own certificate (so each has its
+    /// own connection). `None`: plaintext.
+    pub tls: Option<FleetTls>,
+}
+
+/// The fleet's TLS: the CA that signed tetherd's certificate and a folder of
+/// vehicle certificates named `<vehicle id>.pem` / `<vehicle id>.key` (as
+/// `tether certs --vehicles sim-0000,sim-0001,…` writes them).
+#[derive(Debug, Clone)]
+pub struct FleetTls {
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The folder of vehicle certificates and keys.
+    pub cert_dir: PathBuf,
+    /// The name tetherd's certificate must carry (default: the server URL's host).
+    pub domain: Option<String>,
+}
+
+impl FleetTls {
+    /// The TLS settings of one vehicle, expecting tetherd's certificate to
+    /// name `host` unless a domain was given.
+    fn for_vehicle(&self, id: &str, host: &str) -> anyhow::Result<Tls> {
+        let (cert, key) = (self.cert_dir.join(format!("{id}.pem")), self.cert_dir.join(format!("{id}.key")));
+        let tls = Tls::from_ca_file(&self.ca)?.identity_files(&cert, &key).with_context(|| {
+            format!(
+                "no certificate for {id} in {} (make them with `tether certs --vehicles …`)",
+                self.cert_dir.display()
+            )
+        })?;
+        Ok(tls.domain(self.domain.clone().unwrap_or_else(|| host.to_string())))
+    }
 }
 
 /// The id of the `index`-th simulated vehicle: `sim-0000`, `sim-0001`, ...
@@ -100,6 +131,12 @@ impl Fleet {
             "--per-connection must be 1 to {SERVER_MAX_STREAMS} (tetherd's default stream limit per connection)"
         );
         anyhow::ensure!(config.apply_min <= config.apply_max, "--apply-min must not exceed --apply-max");
+        anyhow::ensure!(
+            config.tls.is_none() || config.per_connection == 1,
+            "with TLS each vehicle presents its own certificate on its own connection: use --per-connection 1"
+        );
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let host = crate::server_addr::host(&config.server)?;
         let faults = Arc::new(FaultCounters::default());
         let upstream =
             if config.faults.is_none() { None } else { Some(crate::server_addr::resolve(&config.server).await?) };
@@ -119,13 +156,16 @@ impl Fleet {
                     let proxy = FaultProxy::start(upstream, config.faults, faults.clone())
                         .await
                         .context("cannot start a link proxy on 127.0.0.1")?;
-                    let url = format!("http://{}", proxy.local_addr());
+                    let url = format!("{scheme}://{}", proxy.local_addr());
                     fleet.proxies.push(proxy);
                     url
                 }
                 None => config.server.clone(),
             };
-            let channel = channel(&url)?;
+            let channel = match &config.tls {
+                Some(tls) => tether_sdk::lazy_channel(&url, Some(&tls.for_vehicle(&vehicle_id(first), &host)?))?,
+                None => channel(&url)?,
+            };
             fleet.connections += 1;
             let last = (first + config.per_connection).min(config.vehicles);
             for index in first..last {

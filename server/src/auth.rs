@@ -11,7 +11,8 @@
 //! - `control:<capability>` — write and cancel fields of one capability only
 //!   (`control:climate` may not unlock doors);
 //! - `vehicle:<id>`, `fleet:<prefix>` — if any is present, only those vehicles;
-//! - `admin:read` — node introspection.
+//! - `admin:read` — node introspection;
+//! - `audit:read` — vehicles' audit trails (within the vehicle/fleet limits).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -39,12 +40,14 @@ pub struct Scopes {
     pub fleets: Vec<String>,
     /// `admin:read`.
     pub admin: bool,
+    /// `audit:read`.
+    pub audit: bool,
 }
 
 impl Scopes {
     /// Everything (the open development mode: plaintext on loopback, no keys).
     pub fn all() -> Self {
-        Scopes { read: true, control: true, admin: true, ..Scopes::default() }
+        Scopes { read: true, control: true, admin: true, audit: true, ..Scopes::default() }
     }
 
     /// Parses space-separated scopes; unknown ones are ignored.
@@ -55,6 +58,7 @@ impl Scopes {
                 "vehicles:read" => s.read = true,
                 "vehicles:control" => s.control = true,
                 "admin:read" => s.admin = true,
+                "audit:read" => s.audit = true,
                 _ => {
                     if let Some(cap) = scope.strip_prefix("control:") {
                         s.capabilities.insert(cap.to_string());

@@ -113,6 +113,10 @@ pub struct Config {
     #[arg(long, env = "TETHER_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = duration)]
     pub idempotency_window: Duration,
 
+    /// How long audit records of writes (accepted or refused) are kept.
+    #[arg(long, env = "TETHER_AUDIT_RETENTION", default_value = "30d", value_parser = duration)]
+    pub audit_retention: Duration,
+
     /// Most idempotency keys remembered per vehicle (oldest forgotten first).
     #[arg(long, env = "TETHER_MAX_KEYS_PER_VEHICLE", default_value_t = 1000)]
     pub max_keys_per_vehicle: usize,

@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 use crate::core::{KeyLimits, VehicleRecord};
 use crate::router::Router;
 use crate::stats::Stats;
-use crate::store::{Durable, Store, StoreError, decode_record, encode_record};
+use crate::store::{AuditEntry, Durable, Store, StoreError, decode_record, encode_record};
 use tether_proto::vehicle::v1::GoodbyeReason;
 
 /// What a change touched; drives saving and watch events.
@@ -269,8 +269,22 @@ impl Hub {
         cell: &VehicleCell,
         f: impl FnOnce(&mut VehicleInner) -> (R, Change),
     ) -> (R, Option<Durable>) {
+        self.update_audited(cell, |inner| {
+            let (result, change) = f(inner);
+            (result, change, None)
+        })
+    }
+
+    /// [`Hub::update`] that also files an audit record: committed with the
+    /// vehicle's record when `f` changed it, else on its own. Either way the
+    /// durability receiver covers it.
+    pub fn update_audited<R>(
+        &self,
+        cell: &VehicleCell,
+        f: impl FnOnce(&mut VehicleInner) -> (R, Change, Option<AuditEntry>),
+    ) -> (R, Option<Durable>) {
         let mut inner = cell.lock();
-        let (result, change) = f(&mut inner);
+        let (result, change, audit) = f(&mut inner);
         let transitions = inner.record.take_transitions();
         if !transitions.is_empty() {
             let now = SystemTime::now();
@@ -278,15 +292,20 @@ impl Hub {
                 self.stats.field_reached(t.status, now.duration_since(t.set_at).unwrap_or_default());
             }
         }
+        // Under the lock, so saves reach the store in the order of changes.
+        let durable = if change.is_stored() {
+            Some(self.store.save(cell.id.clone(), encode_record(&inner.record), audit))
+        } else {
+            audit.map(|entry| self.store.audit(entry))
+        };
         if !change.any() {
-            return (result, None);
+            return (result, durable);
         }
         let v = &mut inner.versions;
         v.desired += u64::from(change.desired);
         v.actual += u64::from(change.actual);
         v.status += u64::from(change.status);
         v.presence += u64::from(change.presence);
-        let durable = change.is_stored().then(|| self.store.save(cell.id.clone(), encode_record(&inner.record)));
         if change.desired {
             self.arm_expiry(&cell.id, &mut inner);
         }
@@ -397,6 +416,12 @@ impl Hub {
             });
         }
         expired
+    }
+
+    /// The store, for what goes to it without a vehicle's lock: audit records
+    /// of calls refused before reaching a vehicle, audit reads and retention.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Stops the store after it made every save durable.

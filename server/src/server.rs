@@ -190,7 +190,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let service = cors(&config.grpc_web_origins).layer(service);
 
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
-    tasks.spawn(sweep(hub.clone(), limits, shutdown.clone()));
+    tasks.spawn(sweep(hub.clone(), limits, config.audit_retention, shutdown.clone()));
     if let Some(listener) = admin_listener {
         tasks.spawn(serve_admin(listener, hub.clone(), tasks.clone(), shutdown.clone()));
     }
@@ -264,11 +264,20 @@ fn authenticator(config: &Config, secure: bool) -> Result<Authenticator, StartEr
 /// The shared expiry sweep: one task for the node, no per-vehicle timers.
 /// Also forgets idle rate-limit buckets, every this many sweeps.
 const FORGET_LIMITS_EVERY: u32 = 100;
+/// And removes audit records past their retention at the first sweep, then
+/// every tenth of the retention (at most every minute), at most
+/// [`PRUNE_AUDIT_BATCH`] per commit; a full batch is followed by another at
+/// the next sweep.
+const PRUNE_AUDIT_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_AUDIT_BATCH: usize = 10_000;
 
-async fn sweep(hub: Arc<Hub>, limits: Arc<WriteLimits>, shutdown: CancellationToken) {
+async fn sweep(hub: Arc<Hub>, limits: Arc<WriteLimits>, audit_retention: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweeps = 0u32;
+    let prune_every = (audit_retention / 10).clamp(SWEEP_EVERY, PRUNE_AUDIT_AT_MOST_EVERY);
+    let mut pruned_at: Option<tokio::time::Instant> = None;
+    let mut prune_again = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -277,12 +286,35 @@ async fn sweep(hub: Arc<Hub>, limits: Arc<WriteLimits>, shutdown: CancellationTo
                 if expired > 0 {
                     tracing::debug!(vehicles = expired, "expired undelivered fields");
                 }
+                if prune_again || pruned_at.is_none_or(|at| at.elapsed() >= prune_every) {
+                    pruned_at = Some(tokio::time::Instant::now());
+                    prune_again = prune_audit(&hub, audit_retention).await;
+                }
                 sweeps = sweeps.wrapping_add(1);
                 if sweeps.is_multiple_of(FORGET_LIMITS_EVERY) {
                     limits.forget_idle();
                 }
             }
         }
+    }
+}
+
+/// Removes one batch of audit records older than the retention; whether a
+/// full batch was removed (more may be due).
+async fn prune_audit(hub: &Hub, retention: Duration) -> bool {
+    let Some(cutoff) = SystemTime::now().checked_sub(retention) else { return false };
+    match hub.store().prune_audit(cutoff, PRUNE_AUDIT_BATCH).await {
+        Ok(Ok(removed)) => {
+            if removed > 0 {
+                tracing::info!(removed, "removed audit records past their retention");
+            }
+            removed == PRUNE_AUDIT_BATCH
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "audit retention: prune failed; retried later");
+            false
+        }
+        Err(_) => false,
     }
 }
 

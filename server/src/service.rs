@@ -3,6 +3,7 @@
 
 mod admin;
 mod app;
+mod audit;
 mod authz;
 mod convert;
 mod deadline;

@@ -4,6 +4,8 @@
 //! ```text
 //! fleet-sim --vehicles 100 --server http://127.0.0.1:50051
 //! fleet-sim --no-faults --duration 30s
+//! fleet-sim --server https://localhost:50051 --ca tether-certs/ca.pem \
+//!     --cert-dir tether-certs --per-connection 1 --vehicles 2
 //! ```
 
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tether_examples::faults::Faults;
-use tether_examples::sim::{Fleet, FleetConfig};
+use tether_examples::sim::{Fleet, FleetConfig, FleetTls};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -68,6 +70,17 @@ struct Args {
     /// simulator does not apply already-handled fields again.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Mutual TLS: the CA that signed tetherd's certificate (PEM); the server
+    /// URL must be https:// and --cert-dir names each vehicle's certificate.
+    #[arg(long, env = "TETHER_CA", value_name = "FILE", requires = "cert_dir")]
+    ca: Option<PathBuf>,
+    /// Vehicle certificates `<id>.pem` and keys `<id>.key`, e.g. from
+    /// `tether certs --vehicles sim-0000,sim-0001,...` (with --ca).
+    #[arg(long, value_name = "DIR", requires = "ca")]
+    cert_dir: Option<PathBuf>,
+    /// The name tetherd's certificate must carry (default: the URL's host).
+    #[arg(long, env = "TETHER_TLS_DOMAIN", value_name = "NAME")]
+    tls_domain: Option<String>,
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -117,7 +130,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         unparked_share: args.unparked_share,
         faults,
         state_dir: args.state_dir.clone(),
+        tls: match (args.ca.clone(), args.cert_dir.clone()) {
+            (Some(ca), Some(cert_dir)) => Some(FleetTls { ca, cert_dir, domain: args.tls_domain.clone() }),
+            _ => None,
+        },
     };
+    anyhow::ensure!(
+        config.tls.is_some() == args.server.starts_with("https://"),
+        "an https:// server goes with --ca and --cert-dir (and those with https://)"
+    );
     let fleet = Fleet::start(&config).await?;
     println!(
         "fleet-sim: {} vehicles (sim-0000..) on {} connection(s) to {}; {} not parked; links: {}",

@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 pub use capability::{Capability, FieldChange, RecordingCapability, Refusal};
 
+use crate::Tls;
 use guards::{Check, Guards, Precondition};
 use supervisor::{Connector, Supervisor};
 
@@ -115,6 +116,7 @@ impl Agent {
             agent_version: concat!("tether-sdk/", env!("CARGO_PKG_VERSION")).to_string(),
             backoff: DEFAULT_BACKOFF,
             channel: None,
+            tls: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
         }
     }
@@ -136,6 +138,7 @@ pub struct AgentBuilder {
     agent_version: String,
     backoff: (Duration, Duration),
     channel: Option<Channel>,
+    tls: Option<Tls>,
     event_capacity: usize,
 }
 
@@ -244,6 +247,14 @@ impl AgentBuilder {
         self
     }
 
+    /// Connects over TLS (endpoint `https://…`), presenting the vehicle's
+    /// certificate: tetherd takes the vehicle's identity from it. Ignored
+    /// with [`AgentBuilder::channel`] (that channel carries its own TLS).
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Capacity of the event channel (default 128; the oldest events are
     /// dropped for a receiver that falls behind).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
@@ -285,7 +296,7 @@ impl AgentBuilder {
         let connector = match (crate::ids::check_vehicle_id(&self.vehicle_id), self.channel) {
             (Err(problem), _) => Connector::Invalid(problem),
             (Ok(()), Some(channel)) => Connector::Channel(channel),
-            (Ok(()), None) => match crate::client::endpoint(self.endpoint) {
+            (Ok(()), None) => match crate::client::endpoint_with(self.endpoint, self.tls.as_ref()) {
                 Ok(endpoint) => Connector::Endpoint(Box::new(endpoint)),
                 Err(error) => Connector::Invalid(error.to_string()),
             },

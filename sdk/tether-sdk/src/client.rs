@@ -17,7 +17,7 @@ use tether_proto::app::v1::control_service_client::ControlServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::ids::check_vehicle_id;
-use crate::{Error, Patch};
+use crate::{Error, Patch, Tls};
 
 pub use retry::RetryPolicy;
 pub use set_desired::{SetDesired, WaitLevel};
@@ -59,10 +59,34 @@ pub(crate) fn endpoint(address: String) -> Result<Endpoint, Error> {
         .tcp_nodelay(true))
 }
 
+/// [`endpoint`] over TLS when `tls` is given.
+pub(crate) fn endpoint_with(address: String, tls: Option<&Tls>) -> Result<Endpoint, Error> {
+    let endpoint = endpoint(address.clone())?;
+    match tls {
+        None => Ok(endpoint),
+        Some(tls) => endpoint
+            .tls_config(tls.config())
+            .map_err(|e| Error::InvalidArgument(format!("TLS settings for {address:?}: {e}"))),
+    }
+}
+
+/// A channel to `endpoint` (over TLS when `tls` is given) that connects on
+/// first use and reconnects by itself, with the SDK's connection settings;
+/// for [`Client::from_channel`] or agents sharing one connection.
+pub fn lazy_channel(endpoint: impl Into<String>, tls: Option<&Tls>) -> Result<Channel, Error> {
+    Ok(endpoint_with(endpoint.into(), tls)?.connect_lazy())
+}
+
 impl Client {
     /// Connects to tetherd at `endpoint`, e.g. `"http://127.0.0.1:50051"`.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Client, Error> {
         let channel = self::endpoint(endpoint.into())?.connect().await?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Connects to tetherd at `endpoint` (`https://…`) over TLS.
+    pub async fn connect_tls(endpoint: impl Into<String>, tls: &Tls) -> Result<Client, Error> {
+        let channel = endpoint_with(endpoint.into(), Some(tls))?.connect().await?;
         Ok(Client::from_channel(channel))
     }
 
@@ -147,6 +171,21 @@ impl Client {
         let vehicle_id = checked(vehicle_id.into())?;
         let request = app::CancelDesiredRequest { vehicle_id, paths };
         Ok(self.raw().cancel_desired(self.request(request)?).await?.into_inner())
+    }
+
+    /// A page of a vehicle's audit trail, newest first: every write and
+    /// cancel, accepted or refused, with subject, values, key and outcome
+    /// (`page_size` 0: the server's default; `page_token` empty: the newest;
+    /// needs scope `audit:read`).
+    pub async fn audit_records(
+        &self,
+        vehicle_id: impl Into<String>,
+        page_size: u32,
+        page_token: impl Into<String>,
+    ) -> Result<app::ListAuditRecordsResponse, Error> {
+        let vehicle_id = checked(vehicle_id.into())?;
+        let request = app::ListAuditRecordsRequest { vehicle_id, page_size, page_token: page_token.into() };
+        Ok(self.raw().list_audit_records(self.request(request)?).await?.into_inner())
     }
 
     /// The node's counts (AdminService on the same connection).

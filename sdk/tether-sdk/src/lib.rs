@@ -12,17 +12,19 @@ mod error;
 mod ids;
 mod outcome;
 mod patch;
+mod tls;
 mod trace;
 mod view;
 
 pub use tether_proto as pb;
 
 pub use agent::{Agent, AgentBuilder, AgentEvent, AgentHandle, Capability, FieldChange, RecordingCapability, Refusal};
-pub use client::{Client, RetryPolicy, SetDesired, TokenSource, WaitLevel, WatchStream};
+pub use client::{Client, RetryPolicy, SetDesired, TokenSource, WaitLevel, WatchStream, lazy_channel};
 pub use error::Error;
 pub use futures::future::BoxFuture;
 pub use outcome::{FieldOutcome, WriteOutcome};
 pub use patch::{Patch, Window};
+pub use tls::Tls;
 pub use view::{actual_of, desired_of};
 
 pub use pb::common::v1::FieldStatus;

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::audit::{self, AuditDraft};
 use super::authz;
 use super::convert;
 use super::deadline::grpc_timeout;
@@ -64,64 +65,39 @@ impl ControlApi {
         let principal = principal(&req)?;
         let traceparent = crate::trace::write_traceparent(&req);
         let req = req.into_inner();
+        // A malformed id has no vehicle to file the call's audit record under.
         validate_vehicle_id(&req.vehicle_id)?;
-        self.limits.check(&principal.subject, &Arc::from(req.vehicle_id.as_str())).map_err(ApiError::RateLimited)?;
-        let key = &req.idempotency_key;
-        if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ApiError::InvalidArgument(format!(
-                "idempotency_key must be 1 to {MAX_KEY_LEN} printable ASCII characters (the SDK generates one)"
-            )));
-        }
+        let mut draft = AuditDraft::set_desired(&principal.subject, &req, &traceparent);
         let now = SystemTime::now();
-        let ttl = self.ttl(&req)?;
-        let patch = req.patch.unwrap_or_default();
-        let mut fields = self.hub.schema.split(patch.as_bytes())?;
-        if fields.is_empty() {
-            return Err(ApiError::InvalidArgument("patch is empty: set at least one field".into()));
-        }
-        for field in &fields {
-            self.hub.schema.validate(field, now)?;
-        }
-        let capabilities: Vec<&str> =
-            fields.iter().filter_map(|f| self.hub.schema.leaf(&f.path).ok().map(|l| l.capability())).collect();
-        authz::may_control(&principal, &req.vehicle_id, capabilities)?;
-        // A patch may name a path twice (merge semantics): the last value wins.
-        fields.reverse();
-        let mut seen = std::collections::HashSet::new();
-        fields.retain(|f| seen.insert(f.path.clone()));
-        fields.reverse();
-
-        let write = Write {
-            fingerprint: fingerprint(&fields, ttl, req.expected_generation),
-            fields,
-            expected_generation: req.expected_generation,
-            expires_at: ttl.map(|d| now + d),
-            origin: Origin { subject: principal.subject.clone(), idempotency_key: key.as_str().into(), traceparent },
-        };
-        let cell = if req.require_online {
-            match self.hub.get(&req.vehicle_id) {
-                Some(cell) if cell.lock().presence.online() => cell,
-                _ => return Err(ApiError::Offline(req.vehicle_id)),
+        let (cell, write) = match self.prepare(&principal, &req, traceparent, now, &mut draft) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                audit::file_refusal(&self.hub, &draft, &e);
+                return Err(e);
             }
-        } else {
-            self.hub.get_or_create(&req.vehicle_id)
         };
         let limits = self.hub.key_limits;
-        let (result, durable) = self.hub.update(&cell, |inner| {
+        let (result, durable) = self.hub.update_audited(&cell, |inner| {
+            let refuse = |e: ApiError| {
+                let entry = draft.refused(&e);
+                (Err(e), Change::NONE, Some(entry))
+            };
             if req.require_online && !inner.presence.online() {
-                return (Err(ApiError::Offline(req.vehicle_id.clone())), Change::NONE);
+                return refuse(ApiError::Offline(req.vehicle_id.clone()));
             }
             match inner.record.write(write, now, limits) {
                 Ok(r) => {
-                    let changed = r.changed;
-                    (Ok(r), Change { desired: changed, status: changed, ..Change::NONE })
+                    let change = Change { desired: r.changed, status: r.changed, ..Change::NONE };
+                    let entry = draft.accepted(r.generation, r.replayed);
+                    (Ok(r), change, Some(entry))
                 }
-                Err(e) => (Err(e.into()), Change::NONE),
+                Err(e) => refuse(e.into()),
             }
         });
+        // A refusal's audit record is not waited for.
         let result = result?;
         if let Some(durable) = durable {
-            // ACCEPTED means on disk.
+            // ACCEPTED means on disk, with its audit record.
             durable.await.map_err(|_| crate::store::StoreError("the store stopped".into()))??;
         }
         self.hub.stats.write(if result.replayed { WriteOutcome::Replayed } else { WriteOutcome::Accepted });
@@ -139,6 +115,61 @@ impl ControlApi {
             fields: outcomes.iter().map(convert::outcome).collect(),
             replayed: result.replayed,
         })
+    }
+
+    /// Everything a write is checked for before it reaches the vehicle's
+    /// record: rate limits, key, TTL, the patch's fields and rules, scopes,
+    /// presence. Returns the vehicle's cell and the write.
+    fn prepare(
+        &self,
+        principal: &Principal,
+        req: &pb::SetDesiredRequest,
+        traceparent: String,
+        now: SystemTime,
+        draft: &mut AuditDraft,
+    ) -> Result<(Arc<VehicleCell>, Write), ApiError> {
+        self.limits.check(&principal.subject, &Arc::from(req.vehicle_id.as_str())).map_err(ApiError::RateLimited)?;
+        let key = &req.idempotency_key;
+        if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiError::InvalidArgument(format!(
+                "idempotency_key must be 1 to {MAX_KEY_LEN} printable ASCII characters (the SDK generates one)"
+            )));
+        }
+        let ttl = self.ttl(req)?;
+        let patch = req.patch.clone().unwrap_or_default();
+        let mut fields = self.hub.schema.split(patch.as_bytes())?;
+        if fields.is_empty() {
+            return Err(ApiError::InvalidArgument("patch is empty: set at least one field".into()));
+        }
+        draft.set_paths(fields.iter().map(|f| f.path.to_string()));
+        for field in &fields {
+            self.hub.schema.validate(field, now)?;
+        }
+        let capabilities: Vec<&str> =
+            fields.iter().filter_map(|f| self.hub.schema.leaf(&f.path).ok().map(|l| l.capability())).collect();
+        authz::may_control(principal, &req.vehicle_id, capabilities)?;
+        // A patch may name a path twice (merge semantics): the last value wins.
+        fields.reverse();
+        let mut seen = std::collections::HashSet::new();
+        fields.retain(|f| seen.insert(f.path.clone()));
+        fields.reverse();
+
+        let write = Write {
+            fingerprint: fingerprint(&fields, ttl, req.expected_generation),
+            fields,
+            expected_generation: req.expected_generation,
+            expires_at: ttl.map(|d| now + d),
+            origin: Origin { subject: principal.subject.clone(), idempotency_key: key.as_str().into(), traceparent },
+        };
+        let cell = if req.require_online {
+            match self.hub.get(&req.vehicle_id) {
+                Some(cell) if cell.lock().presence.online() => cell,
+                _ => return Err(ApiError::Offline(req.vehicle_id.clone())),
+            }
+        } else {
+            self.hub.get_or_create(&req.vehicle_id)
+        };
+        Ok((cell, write))
     }
 
     fn ttl(&self, req: &pb::SetDesiredRequest) -> Result<Option<Duration>, ApiError> {
@@ -250,7 +281,28 @@ impl ControlApi {
         principal: &Principal,
         req: pb::CancelDesiredRequest,
     ) -> Result<pb::CancelDesiredResponse, ApiError> {
+        // A malformed id has no vehicle to file the call's audit record under.
         validate_vehicle_id(&req.vehicle_id)?;
+        let draft = AuditDraft::cancel(&principal.subject, &req);
+        let checked = self.check_cancel(principal, &req);
+        let (cell, paths) = checked.inspect_err(|e| audit::file_refusal(&self.hub, &draft, e))?;
+        let now = SystemTime::now();
+        let ((cancelled, generation), _) = self.hub.update_audited(&cell, |inner| {
+            let cancelled = inner.record.cancel((!paths.is_empty()).then_some(&paths[..]), now);
+            let changed = !cancelled.is_empty();
+            let entry = draft.accepted(inner.record.generation, false);
+            let change = Change { desired: changed, status: changed, ..Change::NONE };
+            ((cancelled, inner.record.generation), change, Some(entry))
+        });
+        Ok(pb::CancelDesiredResponse { generation, cancelled: cancelled.iter().map(convert::outcome).collect() })
+    }
+
+    /// A cancel's paths, scopes and vehicle.
+    fn check_cancel(
+        &self,
+        principal: &Principal,
+        req: &pb::CancelDesiredRequest,
+    ) -> Result<(Arc<VehicleCell>, Vec<Arc<str>>), ApiError> {
         let leaves: Vec<_> = req.paths.iter().map(|p| self.hub.schema.leaf(p)).collect::<Result<_, _>>()?;
         if leaves.is_empty() {
             authz::may_control_all(principal, &req.vehicle_id)?;
@@ -258,17 +310,7 @@ impl ControlApi {
             authz::may_control(principal, &req.vehicle_id, leaves.iter().map(|l| l.capability()))?;
         }
         let cell = self.known(&req.vehicle_id)?;
-        let paths: Vec<Arc<str>> = leaves.iter().map(|l| l.path().clone()).collect();
-        let now = SystemTime::now();
-        let (cancelled, _) = self.hub.update(&cell, |inner| {
-            let cancelled = inner.record.cancel((!paths.is_empty()).then_some(&paths[..]), now);
-            let changed = !cancelled.is_empty();
-            ((cancelled, inner.record.generation), Change { desired: changed, status: changed, ..Change::NONE })
-        });
-        Ok(pb::CancelDesiredResponse {
-            generation: cancelled.1,
-            cancelled: cancelled.0.iter().map(convert::outcome).collect(),
-        })
+        Ok((cell, leaves.iter().map(|l| l.path().clone()).collect()))
     }
 }
 
@@ -442,6 +484,17 @@ impl ControlService for ControlApi {
     ) -> Result<Response<pb::CancelDesiredResponse>, Status> {
         let principal = principal(&req)?;
         Ok(Response::new(self.cancel(&principal, req.into_inner())?))
+    }
+
+    async fn list_audit_records(
+        &self,
+        req: Request<pb::ListAuditRecordsRequest>,
+    ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
+        let principal = principal(&req)?;
+        let req = req.into_inner();
+        validate_vehicle_id(&req.vehicle_id)?;
+        authz::may_audit(&principal, &req.vehicle_id)?;
+        Ok(Response::new(audit::page(&self.hub, &req.vehicle_id, req.page_size, &req.page_token).await?))
     }
 }
 

@@ -59,6 +59,17 @@ pub(crate) fn may_control_all(p: &Principal, vehicle: &str) -> Result<(), ApiErr
     }
 }
 
+/// Reading `vehicle`'s audit trail (which names other callers).
+pub(crate) fn may_audit(p: &Principal, vehicle: &str) -> Result<(), ApiError> {
+    if !p.scopes.audit {
+        return Err(denied(p, "read audit trails (needs scope audit:read)".into()));
+    }
+    if !p.scopes.covers_vehicle(vehicle) {
+        return Err(denied(p, format!("access vehicle {vehicle:?} (outside its vehicle/fleet scopes)")));
+    }
+    Ok(())
+}
+
 /// Node introspection.
 pub(crate) fn may_admin(p: &Principal) -> Result<(), ApiError> {
     if p.scopes.admin { Ok(()) } else { Err(denied(p, "read node statistics (needs scope admin:read)".into())) }

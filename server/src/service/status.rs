@@ -68,21 +68,26 @@ impl From<ApiError> for Status {
             }
             return Status::with_metadata(Code::ResourceExhausted, e.to_string(), metadata);
         }
-        let code = match &e {
+        if let ApiError::Store(inner) = &e {
+            tracing::error!(error = %inner, "storage failure");
+        }
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl ApiError {
+    /// The gRPC code the caller receives.
+    pub fn code(&self) -> Code {
+        match self {
             ApiError::InvalidVehicleId(_) | ApiError::InvalidArgument(_) | ApiError::Field(_) => Code::InvalidArgument,
             ApiError::Write(WriteError::KeyReused { .. }) => Code::AlreadyExists,
             ApiError::Write(WriteError::GenerationMismatch { .. }) => Code::Aborted,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::WrongVehicle { .. } | ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
-            ApiError::Offline(_) | ApiError::ShuttingDown(_) => Code::Unavailable,
+            ApiError::Offline(_) | ApiError::ShuttingDown(_) | ApiError::Store(_) => Code::Unavailable,
             ApiError::RateLimited(_) => Code::ResourceExhausted,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            ApiError::Store(inner) => {
-                tracing::error!(error = %inner, "storage failure");
-                Code::Unavailable
-            }
-        };
-        Status::new(code, e.to_string())
+        }
     }
 }

@@ -1,34 +1,51 @@
 //! The embedded default store: redb in the data directory, written by one
 //! thread that commits batches (group commit, `Durability::Immediate`), so a
 //! write is acknowledged only once it is on disk, and a burst of writes costs
-//! one fsync.
+//! one fsync. Audit records ride in the same batches: a write and its record
+//! are committed together.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Durable, Store, StoreError};
+use super::{AuditEntry, Durable, Store, StoreError};
 
 const VEHICLES: TableDefinition<&str, &[u8]> = TableDefinition::new("vehicles");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Audit records by (vehicle, sequence): a vehicle's trail is one range.
+const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+/// The same records by (recorded at, µs since the epoch; sequence) → vehicle:
+/// retention removes a prefix of it.
+const AUDIT_AGE: TableDefinition<(u64, u64), &str> = TableDefinition::new("audit_age");
+/// The next audit sequence, in META.
+const AUDIT_SEQ: &str = "audit_seq";
 /// Most saves folded into one commit.
 const MAX_BATCH: usize = 4096;
 
+/// A vehicle's record and/or an audit record, committed together.
 struct Save {
     vehicle: Arc<str>,
-    record: Bytes,
+    record: Option<Bytes>,
+    audit: Option<AuditEntry>,
     done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// What the writer thread is asked to do.
+enum Op {
+    Save(Save),
+    Prune { before: u64, limit: usize, done: oneshot::Sender<Result<usize, StoreError>> },
 }
 
 /// redb-backed [`Store`].
 pub struct RedbStore {
     db: Arc<Database>,
-    tx: Mutex<Option<mpsc::Sender<Save>>>,
+    tx: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     epoch: u32,
 }
@@ -49,62 +66,155 @@ impl RedbStore {
         std::fs::create_dir_all(dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("tether.redb");
         let db = Database::create(&path).map_err(|e| err(format!("opening {}: {e}", path.display())))?;
-        let epoch = {
+        let (epoch, audit_seq) = {
             let txn = db.begin_write().map_err(err)?;
-            let epoch = {
+            let (epoch, audit_seq) = {
                 let mut meta = txn.open_table(META).map_err(err)?;
                 let epoch = meta.get("boot_epoch").map_err(err)?.map_or(0, |v| v.value()) + 1;
                 meta.insert("boot_epoch", epoch).map_err(err)?;
+                let audit_seq = meta.get(AUDIT_SEQ).map_err(err)?.map_or(1, |v| v.value());
                 txn.open_table(VEHICLES).map_err(err)?;
-                epoch
+                txn.open_table(AUDIT).map_err(err)?;
+                txn.open_table(AUDIT_AGE).map_err(err)?;
+                (epoch, audit_seq)
             };
             txn.commit().map_err(err)?;
-            u32::try_from(epoch).map_err(|_| err("boot epoch overflow"))?
+            (u32::try_from(epoch).map_err(|_| err("boot epoch overflow"))?, audit_seq)
         };
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("tether-store".into())
-            .spawn(move || writer_loop(&writer_db, &rx))
+            .spawn(move || Writer { db: &writer_db, audit_seq }.run(&rx))
             .map_err(err)?;
         Ok(RedbStore { db, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), epoch })
     }
 }
 
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<Save>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(save) => batch.push(save),
-                Err(_) => break,
+/// µs since the epoch (0 before it).
+fn micros(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The one thread that writes.
+struct Writer<'a> {
+    db: &'a Database,
+    /// The sequence the next audit record gets.
+    audit_seq: u64,
+}
+
+impl Writer<'_> {
+    fn run(&mut self, rx: &mpsc::Receiver<Op>) {
+        let mut pending = None;
+        loop {
+            let first = match pending.take() {
+                Some(op) => op,
+                None => match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => return,
+                },
+            };
+            let first = match first {
+                Op::Save(save) => save,
+                Op::Prune { before, limit, done } => {
+                    let _ = done.send(self.prune(before, limit));
+                    continue;
+                }
+            };
+            // Fold the saves queued behind it into one commit; a prune ends the batch.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Op::Save(save)) => batch.push(save),
+                    Ok(prune) => {
+                        pending = Some(prune);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&batch);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, saves = batch.len(), "store commit failed");
+            }
+            for save in batch {
+                let _ = save.done.send(result.clone());
             }
         }
-        // Latest save of a vehicle wins within the batch.
+    }
+
+    fn commit(&mut self, batch: &[Save]) -> Result<(), StoreError> {
+        // Latest save of a vehicle wins within the batch; audit records keep their order.
         let mut latest: HashMap<&str, &Bytes> = HashMap::with_capacity(batch.len());
-        for save in &batch {
-            latest.insert(&save.vehicle, &save.record);
-        }
-        let result = commit(db, &latest);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, saves = batch.len(), "store commit failed");
-        }
         for save in batch {
-            let _ = save.done.send(result.clone());
+            if let Some(record) = &save.record {
+                latest.insert(&save.vehicle, record);
+            }
         }
+        let mut seq = self.audit_seq;
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(VEHICLES).map_err(err)?;
+            for (vehicle, record) in &latest {
+                table.insert(*vehicle, record.as_ref()).map_err(err)?;
+            }
+            let audits: Vec<&AuditEntry> = batch.iter().filter_map(|s| s.audit.as_ref()).collect();
+            if !audits.is_empty() {
+                let mut audit = txn.open_table(AUDIT).map_err(err)?;
+                let mut age = txn.open_table(AUDIT_AGE).map_err(err)?;
+                for entry in audits {
+                    audit.insert((entry.vehicle.as_ref(), seq), entry.record.as_ref()).map_err(err)?;
+                    age.insert((micros(entry.at), seq), entry.vehicle.as_ref()).map_err(err)?;
+                    seq += 1;
+                }
+                txn.open_table(META).map_err(err)?.insert(AUDIT_SEQ, seq).map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)?;
+        self.audit_seq = seq;
+        Ok(())
+    }
+
+    /// Removes up to `limit` audit records recorded before `before` (µs).
+    fn prune(&mut self, before: u64, limit: usize) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let removed = {
+            let mut age = txn.open_table(AUDIT_AGE).map_err(err)?;
+            let mut audit = txn.open_table(AUDIT).map_err(err)?;
+            let mut old = Vec::new();
+            for row in age.range((0, 0)..(before, 0)).map_err(err)?.take(limit) {
+                let (k, v) = row.map_err(err)?;
+                old.push((k.value(), v.value().to_string()));
+            }
+            for (key, vehicle) in &old {
+                age.remove(*key).map_err(err)?;
+                audit.remove((vehicle.as_str(), key.1)).map_err(err)?;
+            }
+            old.len()
+        };
+        txn.commit().map_err(err)?;
+        Ok(removed)
     }
 }
 
-fn commit(db: &Database, records: &HashMap<&str, &Bytes>) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(err)?;
-    {
-        let mut table = txn.open_table(VEHICLES).map_err(err)?;
-        for (vehicle, record) in records {
-            table.insert(*vehicle, record.as_ref()).map_err(err)?;
+impl RedbStore {
+    fn send(&self, op: Op) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let refused = match tx.as_ref() {
+            Some(tx) => tx.send(op).err().map(|mpsc::SendError(op)| (op, "the store writer stopped")),
+            None => Some((op, "the store is closed")),
+        };
+        match refused {
+            Some((Op::Save(save), why)) => {
+                let _ = save.done.send(Err(err(why)));
+            }
+            Some((Op::Prune { done, .. }, why)) => {
+                let _ = done.send(Err(err(why)));
+            }
+            None => {}
         }
     }
-    txn.commit().map_err(err)
 }
 
 impl Store for RedbStore {
@@ -119,20 +229,33 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn save(&self, vehicle: Arc<str>, record: Bytes) -> Durable {
+    fn save(&self, vehicle: Arc<str>, record: Bytes, audit: Option<AuditEntry>) -> Durable {
         let (done, durable) = oneshot::channel();
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        match tx.as_ref() {
-            Some(tx) => {
-                if let Err(mpsc::SendError(save)) = tx.send(Save { vehicle, record, done }) {
-                    let _ = save.done.send(Err(err("the store writer stopped")));
-                }
-            }
-            None => {
-                let _ = done.send(Err(err("the store is closed")));
-            }
-        }
+        self.send(Op::Save(Save { vehicle, record: Some(record), audit, done }));
         durable
+    }
+
+    fn audit(&self, entry: AuditEntry) -> Durable {
+        let (done, durable) = oneshot::channel();
+        self.send(Op::Save(Save { vehicle: entry.vehicle.clone(), record: None, audit: Some(entry), done }));
+        durable
+    }
+
+    fn audit_page(&self, vehicle: &str, before: Option<u64>, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(AUDIT).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.range((vehicle, 0)..(vehicle, before.unwrap_or(u64::MAX))).map_err(err)?.rev().take(limit) {
+            let (k, v) = row.map_err(err)?;
+            out.push((k.value().1, Bytes::copy_from_slice(v.value())));
+        }
+        Ok(out)
+    }
+
+    fn prune_audit(&self, before: SystemTime, limit: usize) -> oneshot::Receiver<Result<usize, StoreError>> {
+        let (done, removed) = oneshot::channel();
+        self.send(Op::Prune { before: micros(before), limit, done });
+        removed
     }
 
     fn boot_epoch(&self) -> u32 {
@@ -163,19 +286,61 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(dir.path()).unwrap();
         assert_eq!(store.boot_epoch(), 1);
-        let a = store.save("car-1".into(), Bytes::from_static(b"one"));
-        let b = store.save("car-1".into(), Bytes::from_static(b"two"));
-        let c = store.save("car-2".into(), Bytes::from_static(b"x"));
+        let a = store.save("car-1".into(), Bytes::from_static(b"one"), None);
+        let b = store.save("car-1".into(), Bytes::from_static(b"two"), None);
+        let c = store.save("car-2".into(), Bytes::from_static(b"x"), None);
         for d in [a, b, c] {
             d.await.unwrap().unwrap();
         }
         store.close();
-        assert!(store.save("car-3".into(), Bytes::new()).await.unwrap().is_err());
+        assert!(store.save("car-3".into(), Bytes::new(), None).await.unwrap().is_err());
         drop(store);
         let store = RedbStore::open(dir.path()).unwrap();
         assert_eq!(store.boot_epoch(), 2);
         let mut all = store.load_all().unwrap();
         all.sort();
         assert_eq!(all, vec![("car-1".into(), Bytes::from_static(b"two")), ("car-2".into(), Bytes::from_static(b"x"))]);
+    }
+
+    fn entry(vehicle: &str, at_secs: u64, text: &'static str) -> AuditEntry {
+        AuditEntry {
+            vehicle: vehicle.into(),
+            at: UNIX_EPOCH + std::time::Duration::from_secs(at_secs),
+            record: Bytes::from_static(text.as_bytes()),
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_records_page_newest_first_survive_restarts_and_age_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let saved = store.save("car-1".into(), Bytes::from_static(b"rec"), Some(entry("car-1", 10, "a")));
+        let others = [store.audit(entry("car-2", 11, "b")), store.audit(entry("car-1", 12, "c"))];
+        saved.await.unwrap().unwrap();
+        for d in others {
+            d.await.unwrap().unwrap();
+        }
+        let page = store.audit_page("car-1", None, 10).unwrap();
+        let texts: Vec<&[u8]> = page.iter().map(|(_, b)| b.as_ref()).collect();
+        assert_eq!(texts, [b"c".as_ref(), b"a"]);
+        assert!(page[0].0 > page[1].0, "sequences grow: {page:?}");
+        // Paging: below the newest, only the older one.
+        assert_eq!(store.audit_page("car-1", Some(page[0].0), 10).unwrap(), vec![page[1].clone()]);
+        assert_eq!(store.audit_page("car-1", None, 1).unwrap().len(), 1);
+        assert!(store.audit_page("car-", None, 10).unwrap().is_empty(), "no prefix matches");
+        store.close();
+        drop(store);
+
+        // Sequences keep growing across a restart; retention removes by age only.
+        let store = RedbStore::open(dir.path()).unwrap();
+        store.audit(entry("car-1", 13, "d")).await.unwrap().unwrap();
+        let newest = store.audit_page("car-1", None, 1).unwrap();
+        assert!(newest[0].0 > page[0].0 && newest[0].1.as_ref() == b"d");
+        let removed = store.prune_audit(UNIX_EPOCH + std::time::Duration::from_secs(12), 100).await.unwrap().unwrap();
+        assert_eq!(removed, 2, "a (10 s) and b (11 s)");
+        let texts: Vec<Bytes> = store.audit_page("car-1", None, 10).unwrap().into_iter().map(|(_, b)| b).collect();
+        assert_eq!(texts, [Bytes::from_static(b"d"), Bytes::from_static(b"c")]);
+        assert!(store.audit_page("car-2", None, 10).unwrap().is_empty());
+        assert_eq!(store.load_all().unwrap().len(), 1, "the vehicle record is untouched");
     }
 }

@@ -15,12 +15,17 @@ use tonic::{Code, Request};
 
 use crate::{set, window};
 
-const ISSUER: &str = "https://issuer.test";
-const AUDIENCE: &str = "tetherd-test";
+pub(crate) const ISSUER: &str = "https://issuer.test";
+pub(crate) const AUDIENCE: &str = "tetherd-test";
 
 /// A server verifying tokens against `signer`'s JWKS (kept in the server's
 /// own scratch directory).
-async fn server_with_keys(signer: &DevSigner) -> TestServer {
+pub(crate) async fn server_with_keys(signer: &DevSigner) -> TestServer {
+    server_with_keys_and(signer, |_| {}).await
+}
+
+/// [`server_with_keys`] with `more` settings.
+pub(crate) async fn server_with_keys_and(signer: &DevSigner, more: impl FnOnce(&mut tetherd::Config)) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, &signer.jwks).unwrap();
@@ -28,18 +33,19 @@ async fn server_with_keys(signer: &DevSigner) -> TestServer {
         c.jwks = Some(jwks);
         c.jwt_issuer = Some(ISSUER.into());
         c.jwt_audience = Some(AUDIENCE.into());
+        more(c);
     })
     .await
     .keeping(dir)
 }
 
-fn bearer<T>(message: T, token: &str) -> Request<T> {
+pub(crate) fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut req = Request::new(message);
     req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
 }
 
-fn hour() -> Duration {
+pub(crate) fn hour() -> Duration {
     Duration::from_secs(3600)
 }
 

@@ -1,5 +1,6 @@
 //! End-to-end tests: a real tetherd on 127.0.0.1:0 and real gRPC clients.
 
+mod audit;
 mod auth;
 mod bad_input;
 mod cli;

@@ -27,6 +27,7 @@ async fn over_flaky_links_every_field_is_applied_exactly_once() {
             delay: Duration::from_millis(5),
         },
         state_dir: None,
+        tls: None,
     };
     let fleet = Fleet::start(&config).await.unwrap();
     let client = Client::connect(server.url()).await.unwrap();

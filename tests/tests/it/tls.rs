@@ -309,3 +309,109 @@ async fn over_the_connection_cap_a_tls_client_is_told_why() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("connection limit (1)"), "{}", err.message());
 }
+
+/// Runs the CLI binary with `args`, bounded.
+async fn cli(args: &[&str]) -> std::process::Output {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether-cli-under-test")).args(args).output();
+    tokio::time::timeout(Duration::from_secs(30), out).await.expect("the CLI finishes").expect("the CLI runs")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn the_simulator_and_the_cli_take_certificates_and_tokens() {
+    use tether_examples::faults::Faults;
+    use tether_examples::sim::{Fleet, FleetConfig, FleetTls};
+
+    // The development PKI, as a newcomer makes it.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().to_str().unwrap().to_string();
+    let out = cli(&["certs", "--vehicles", "sim-0000,sim-0001", "--services", "app,dashboard", "--out", &pki]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let path = |name: &str| dir.path().join(name);
+    let server = TestServer::start_with(|c| {
+        c.tls_cert = Some(path("server.pem"));
+        c.tls_key = Some(path("server.key"));
+        c.client_ca = Some(path("ca.pem"));
+        c.jwks = Some(path("jwks.json"));
+        c.jwt_issuer = Some(tether_cli::pki::DEV_ISSUER.into());
+        c.jwt_audience = Some(tether_cli::pki::DEV_AUDIENCE.into());
+        c.services = vec![("app".into(), "vehicles:read vehicles:control".into())];
+    })
+    .await;
+    let url = format!("https://localhost:{}", server.addr.port());
+
+    // Two simulated vehicles with their own certificates, through the
+    // simulator's link proxies (which pass TLS through).
+    let config = FleetConfig {
+        server: url.clone(),
+        vehicles: 2,
+        per_connection: 1,
+        apply_min: Duration::from_millis(5),
+        apply_max: Duration::from_millis(20),
+        unparked_share: 0.0,
+        faults: Faults {
+            drop_per_minute: 0.0,
+            stall_per_minute: 0.0,
+            stall_for: Duration::ZERO,
+            delay: Duration::ZERO,
+        },
+        state_dir: None,
+        tls: Some(FleetTls { ca: path("ca.pem"), cert_dir: dir.path().to_path_buf(), domain: None }),
+    };
+    let shared = FleetConfig { per_connection: 2, ..config.clone() };
+    let err = Fleet::start(&shared).await.unwrap_err().to_string();
+    assert!(err.contains("--per-connection 1"), "{err}");
+    let fleet = Fleet::start(&config).await.unwrap();
+    eventually("the fleet connects over mTLS", BOUND, || async { (fleet.status().connected == 2).then_some(()) }).await;
+
+    // The CLI with a service certificate writes and waits for APPLIED.
+    let ca = path("ca.pem").display().to_string();
+    let client = |name: &str| {
+        let (cert, key) = (path(&format!("{name}.pem")), path(&format!("{name}.key")));
+        [
+            "--server".to_string(),
+            url.clone(),
+            "--ca".into(),
+            ca.clone(),
+            "--client-cert".into(),
+            cert.display().to_string(),
+            "--client-key".into(),
+            key.display().to_string(),
+        ]
+    };
+    let as_app: Vec<String> = client("app").to_vec();
+    let as_app: Vec<&str> = as_app.iter().map(String::as_str).collect();
+    let out = cli(&[&as_app[..], &["set", "sim-0001", "windows.front_left=30"]].concat()).await;
+    assert!(out.status.success() && text(&out).contains("APPLIED"), "{}", text(&out));
+
+    // A token over a certificate that is no declared service: the token
+    // decides. `tether tokens` mints one; it reads the audit trail.
+    let signing_key = path("jwt-signing.key").display().to_string();
+    let out = cli(&["tokens", "--key", &signing_key, "--subject", "auditor", "--scope", "audit:read"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dashboard: Vec<String> = client("dashboard").to_vec();
+    let dashboard: Vec<&str> = dashboard.iter().map(String::as_str).collect();
+    let out = cli(&[&dashboard[..], &["--token", token.as_str(), "--json", "audit", "sim-0001"]].concat()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let record: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(record["subject"], "service:app", "{record}");
+    assert_eq!(record["outcome"], "ACCEPTED", "{record}");
+    assert_eq!(record["values"]["windows.front_left"], 30, "{record}");
+    // The same token may not write; a certificate alone that is no service
+    // is not authenticated; missing TLS options are said as such.
+    let out = cli(&[&dashboard[..], &["--token", &token, "set", "sim-0001", "windows.front_left=40"]].concat()).await;
+    assert!(!out.status.success() && text(&out).contains("PERMISSION_DENIED"), "{}", text(&out));
+    let out = cli(&[&dashboard[..], &["list"]].concat()).await;
+    assert!(!out.status.success() && text(&out).contains("UNAUTHENTICATED"), "{}", text(&out));
+    let out = cli(&["--server", url.as_str(), "list"]).await;
+    assert!(!out.status.success() && text(&out).contains("needs --ca"), "{}", text(&out));
+    let out = cli(&["--server", url.as_str(), "--ca", ca.as_str(), "list"]).await;
+    assert!(!out.status.success() && text(&out).contains("--client-cert"), "{}", text(&out));
+    let out = cli(&["--server", &server.url(), "--ca", ca.as_str(), "list"]).await;
+    assert!(!out.status.success() && text(&out).contains("https://"), "{}", text(&out));
+    fleet.shutdown().await;
+}

@@ -246,6 +246,86 @@ pub struct CancelDesiredResponse {
     #[prost(message, repeated, tag = "2")]
     pub cancelled: ::prost::alloc::vec::Vec<FieldOutcome>,
 }
+/// Lists a vehicle's audit trail.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAuditRecordsRequest {
+    /// The vehicle.
+    #[prost(string, tag = "1")]
+    pub vehicle_id: ::prost::alloc::string::String,
+    /// At most this many (default 100, at most 1000).
+    #[prost(uint32, tag = "2")]
+    pub page_size: u32,
+    /// From a previous response's next_page_token; empty for the newest records.
+    #[prost(string, tag = "3")]
+    pub page_token: ::prost::alloc::string::String,
+}
+/// A page of audit records, newest first.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAuditRecordsResponse {
+    /// The records.
+    #[prost(message, repeated, tag = "1")]
+    pub records: ::prost::alloc::vec::Vec<AuditRecord>,
+    /// Pass it to get older records; empty on the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
+}
+/// One audited call.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AuditRecord {
+    /// The record's place in the node's audit log: grows with every record.
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+    /// When the call was decided.
+    #[prost(message, optional, tag = "2")]
+    pub recorded_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// The vehicle.
+    #[prost(string, tag = "3")]
+    pub vehicle_id: ::prost::alloc::string::String,
+    /// Who: a token's `sub`, `service:<name>` for a service certificate, or
+    /// `anonymous` in the open development mode.
+    #[prost(string, tag = "4")]
+    pub subject: ::prost::alloc::string::String,
+    /// What the call was.
+    #[prost(enumeration = "AuditAction", tag = "5")]
+    pub action: i32,
+    /// The write's idempotency key (SetDesired).
+    #[prost(string, tag = "6")]
+    pub idempotency_key: ::prost::alloc::string::String,
+    /// The values asked for (SetDesired), as sent.
+    #[prost(message, optional, tag = "7")]
+    pub patch: ::core::option::Option<crate::RawState>,
+    /// The field paths the call named: a write's leaves, a cancel's paths
+    /// (empty for a cancel: every field not yet applied).
+    #[prost(string, repeated, tag = "8")]
+    pub paths: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// What became of it.
+    #[prost(enumeration = "AuditOutcome", tag = "9")]
+    pub outcome: i32,
+    /// The gRPC status code of a refusal (google.rpc.Code numbering), 0 otherwise.
+    #[prost(int32, tag = "10")]
+    pub code: i32,
+    /// Why it was refused: the message the caller received.
+    #[prost(string, tag = "11")]
+    pub message: ::prost::alloc::string::String,
+    /// The vehicle's desired generation after the call (ACCEPTED, REPLAYED).
+    #[prost(uint64, tag = "12")]
+    pub generation: u64,
+    /// The write's TTL as asked; absent: the server's default, or `no_expiry`.
+    #[prost(message, optional, tag = "13")]
+    pub ttl: ::core::option::Option<::prost_types::Duration>,
+    /// The write asked for a standing state.
+    #[prost(bool, tag = "14")]
+    pub no_expiry: bool,
+    /// The write's `expected_generation`, if it had one.
+    #[prost(uint64, optional, tag = "15")]
+    pub expected_generation: ::core::option::Option<u64>,
+    /// The write's `require_online`.
+    #[prost(bool, tag = "16")]
+    pub require_online: bool,
+    /// The call's W3C traceparent, when it carried one.
+    #[prost(string, tag = "17")]
+    pub traceparent: ::prost::alloc::string::String,
+}
 /// How long SetDesired waits before it returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -324,6 +404,79 @@ impl ChangeKind {
         }
     }
 }
+/// What an audited call was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AuditAction {
+    /// Not set.
+    Unspecified = 0,
+    /// SetDesired.
+    SetDesired = 1,
+    /// CancelDesired.
+    CancelDesired = 2,
+}
+impl AuditAction {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "AUDIT_ACTION_UNSPECIFIED",
+            Self::SetDesired => "AUDIT_ACTION_SET_DESIRED",
+            Self::CancelDesired => "AUDIT_ACTION_CANCEL_DESIRED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "AUDIT_ACTION_UNSPECIFIED" => Some(Self::Unspecified),
+            "AUDIT_ACTION_SET_DESIRED" => Some(Self::SetDesired),
+            "AUDIT_ACTION_CANCEL_DESIRED" => Some(Self::CancelDesired),
+            _ => None,
+        }
+    }
+}
+/// What became of an audited call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AuditOutcome {
+    /// Not set.
+    Unspecified = 0,
+    /// Stored (a write whose values were already desired is accepted without
+    /// a change of generation). What the vehicle then did is in the fields'
+    /// statuses, not here.
+    Accepted = 1,
+    /// A retry with an idempotency key already used for the same request,
+    /// answered with the first outcome; nothing changed.
+    Replayed = 2,
+    /// Refused; nothing changed. `code` and `message` say why.
+    Refused = 3,
+}
+impl AuditOutcome {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "AUDIT_OUTCOME_UNSPECIFIED",
+            Self::Accepted => "AUDIT_OUTCOME_ACCEPTED",
+            Self::Replayed => "AUDIT_OUTCOME_REPLAYED",
+            Self::Refused => "AUDIT_OUTCOME_REFUSED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "AUDIT_OUTCOME_UNSPECIFIED" => Some(Self::Unspecified),
+            "AUDIT_OUTCOME_ACCEPTED" => Some(Self::Accepted),
+            "AUDIT_OUTCOME_REPLAYED" => Some(Self::Replayed),
+            "AUDIT_OUTCOME_REFUSED" => Some(Self::Refused),
+            _ => None,
+        }
+    }
+}
 /// Generated client implementations.
 pub mod control_service_client {
     #![allow(
@@ -336,6 +489,10 @@ pub mod control_service_client {
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
     /// The service app teams call (through the SDK).
+    ///
+    /// Every RPC may also end UNAUTHENTICATED (credentials missing, forged,
+    /// expired or for another audience) or PERMISSION_DENIED (a scope is lacking:
+    /// see each RPC); either way nothing changes.
     #[derive(Debug, Clone)]
     pub struct ControlServiceClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -427,7 +584,11 @@ pub mod control_service_client {
         /// * DEADLINE_EXCEEDED: the wait level was not reached before the call's
         ///  deadline (or the server's maximum wait); the desired state stays stored.
         /// * CANCELLED: the caller cancelled; the desired state stays stored.
-        /// * RESOURCE_EXHAUSTED: the request is larger than the server's limit.
+        /// * RESOURCE_EXHAUSTED: the request is larger than the server's limit, or a
+        ///  write rate limit (per subject, per vehicle) was reached; nothing
+        ///  changed, and `grpc-retry-pushback-ms` says when to retry.
+        /// * PERMISSION_DENIED: the caller may not control a capability of the
+        ///  patch (scope vehicles:control or control:<capability>) or the vehicle.
         pub async fn set_desired(
             &mut self,
             request: impl tonic::IntoRequest<super::SetDesiredRequest>,
@@ -580,6 +741,49 @@ pub mod control_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// Lists a vehicle's audit trail, newest first, a page at a time: every
+        /// SetDesired and CancelDesired that named the vehicle, accepted or refused,
+        /// with who (the authenticated subject), what (the fields and values asked
+        /// for), when, the idempotency key and the outcome. An accepted write's record
+        /// is committed together with the write itself. Records are kept for the
+        /// server's audit retention (30 days by default). A call refused before its
+        /// caller was authenticated, or naming a malformed vehicle id, has no verified
+        /// subject or no vehicle to file it under, and is not recorded.
+        ///
+        /// Status codes:
+        ///
+        /// * OK: possibly no records (an unknown vehicle has none).
+        /// * INVALID_ARGUMENT: malformed vehicle id, a page size above 1000 or a
+        ///  malformed page token.
+        /// * PERMISSION_DENIED: the caller lacks scope audit:read, or the vehicle is
+        ///  outside its vehicle/fleet scopes.
+        /// * UNAVAILABLE: the store could not be read; retry.
+        pub async fn list_audit_records(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAuditRecordsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAuditRecordsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::TetherCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.app.v1.ControlService/ListAuditRecords",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("tether.app.v1.ControlService", "ListAuditRecords"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -617,7 +821,11 @@ pub mod control_service_server {
         /// * DEADLINE_EXCEEDED: the wait level was not reached before the call's
         ///  deadline (or the server's maximum wait); the desired state stays stored.
         /// * CANCELLED: the caller cancelled; the desired state stays stored.
-        /// * RESOURCE_EXHAUSTED: the request is larger than the server's limit.
+        /// * RESOURCE_EXHAUSTED: the request is larger than the server's limit, or a
+        ///  write rate limit (per subject, per vehicle) was reached; nothing
+        ///  changed, and `grpc-retry-pushback-ms` says when to retry.
+        /// * PERMISSION_DENIED: the caller may not control a capability of the
+        ///  patch (scope vehicles:control or control:<capability>) or the vehicle.
         async fn set_desired(
             &self,
             request: tonic::Request<super::SetDesiredRequest>,
@@ -689,8 +897,36 @@ pub mod control_service_server {
             tonic::Response<super::CancelDesiredResponse>,
             tonic::Status,
         >;
+        /// Lists a vehicle's audit trail, newest first, a page at a time: every
+        /// SetDesired and CancelDesired that named the vehicle, accepted or refused,
+        /// with who (the authenticated subject), what (the fields and values asked
+        /// for), when, the idempotency key and the outcome. An accepted write's record
+        /// is committed together with the write itself. Records are kept for the
+        /// server's audit retention (30 days by default). A call refused before its
+        /// caller was authenticated, or naming a malformed vehicle id, has no verified
+        /// subject or no vehicle to file it under, and is not recorded.
+        ///
+        /// Status codes:
+        ///
+        /// * OK: possibly no records (an unknown vehicle has none).
+        /// * INVALID_ARGUMENT: malformed vehicle id, a page size above 1000 or a
+        ///  malformed page token.
+        /// * PERMISSION_DENIED: the caller lacks scope audit:read, or the vehicle is
+        ///  outside its vehicle/fleet scopes.
+        /// * UNAVAILABLE: the store could not be read; retry.
+        async fn list_audit_records(
+            &self,
+            request: tonic::Request<super::ListAuditRecordsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAuditRecordsResponse>,
+            tonic::Status,
+        >;
     }
     /// The service app teams call (through the SDK).
+    ///
+    /// Every RPC may also end UNAUTHENTICATED (credentials missing, forged,
+    /// expired or for another audience) or PERMISSION_DENIED (a scope is lacking:
+    /// see each RPC); either way nothing changes.
     #[derive(Debug)]
     pub struct ControlServiceServer<T> {
         inner: Arc<T>,
@@ -978,6 +1214,52 @@ pub mod control_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CancelDesiredSvc(inner);
+                        let codec = crate::codec::TetherCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.app.v1.ControlService/ListAuditRecords" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAuditRecordsSvc<T: ControlService>(pub Arc<T>);
+                    impl<
+                        T: ControlService,
+                    > tonic::server::UnaryService<super::ListAuditRecordsRequest>
+                    for ListAuditRecordsSvc<T> {
+                        type Response = super::ListAuditRecordsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAuditRecordsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ControlService>::list_audit_records(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAuditRecordsSvc(inner);
                         let codec = crate::codec::TetherCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
