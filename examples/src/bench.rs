@@ -1,7 +1,8 @@
 //! The benchmark's parts: a `tetherd` child process ([`Tetherd`]), its
-//! memory ([`rss`]), lean raw-protocol vehicles ([`lean_vehicle`]), and the
-//! scenarios ([`latency`], [`idle_memory`], [`traces`]), each ending in a report printed
-//! as a table and one JSON line ([`print_report`]).
+//! memory ([`rss`]), lean raw-protocol vehicles ([`lean_vehicle`]), an
+//! in-memory PKI ([`pki`]), and the scenarios ([`latency`], [`idle_memory`],
+//! [`traces`], [`tls`]), each ending in a report printed as a table and one
+//! JSON line ([`print_report`]).
 //!
 //! Every scenario is bounded: it starts its own server on `127.0.0.1:0`,
 //! sends traffic only over loopback, stops by itself, and kills the server
@@ -10,8 +11,10 @@
 pub mod idle_memory;
 pub mod latency;
 pub mod lean_vehicle;
+pub mod pki;
 pub mod rss;
 mod tetherd;
+pub mod tls;
 pub mod traces;
 
 pub use tetherd::{Tetherd, TetherdOptions};

@@ -5,7 +5,7 @@
 //! server's side of the bill is what gets measured.
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use tether_sdk::pb::vehicle::v1::server_message::Kind as ServerKind;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// How long connecting and the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,25 +31,36 @@ pub struct LeanVehicle {
     outbound: mpsc::Sender<VehicleMessage>,
     inbound: Streaming<ServerMessage>,
     sequence: u64,
+    connect_time: Duration,
+    session_time: Duration,
 }
 
 impl LeanVehicle {
     /// Opens a connection of its own to `url` (from `local_address` if
-    /// given), says Hello as `vehicle_id` and waits for Welcome.
-    pub async fn connect(url: &str, local_address: Option<IpAddr>, vehicle_id: String) -> anyhow::Result<LeanVehicle> {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::handshake(url, local_address, vehicle_id))
+    /// given; over TLS with `tls`, which then needs an `https` URL), says
+    /// Hello as `vehicle_id` and waits for Welcome.
+    pub async fn connect(
+        url: &str,
+        local_address: Option<IpAddr>,
+        tls: Option<ClientTlsConfig>,
+        vehicle_id: String,
+    ) -> anyhow::Result<LeanVehicle> {
+        // No HTTP/2 keepalive: an idle session costs only what tetherd holds.
+        let mut endpoint = Endpoint::from_shared(url.to_string())?.local_address(local_address).tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).context("bad TLS configuration")?;
+        }
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::handshake(endpoint, vehicle_id))
             .await
             .with_context(|| format!("no Welcome within {HANDSHAKE_TIMEOUT:?}"))?
     }
 
-    async fn handshake(url: &str, local_address: Option<IpAddr>, vehicle_id: String) -> anyhow::Result<LeanVehicle> {
-        // No HTTP/2 keepalive: an idle session costs only what tetherd holds.
-        let channel = Endpoint::from_shared(url.to_string())?
-            .local_address(local_address)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .context("cannot connect")?;
+    async fn handshake(endpoint: Endpoint, vehicle_id: String) -> anyhow::Result<LeanVehicle> {
+        let started = Instant::now();
+        // TCP, then TLS if configured; hyper's HTTP/2 handshake does not wait
+        // for the server.
+        let channel = endpoint.connect().await.context("cannot connect")?;
+        let connect_time = started.elapsed();
         let (outbound, queued) = mpsc::channel(OUTBOUND);
         let hello = Hello {
             vehicle_id: vehicle_id.clone(),
@@ -71,12 +82,25 @@ impl LeanVehicle {
             Some(other) => bail!("expected Welcome first, got {:?}", other.kind),
             None => bail!("tetherd closed the stream before Welcome"),
         };
-        Ok(LeanVehicle { vehicle_id, welcome, outbound, inbound, sequence: 0 })
+        let session_time = started.elapsed();
+        Ok(LeanVehicle { vehicle_id, welcome, outbound, inbound, sequence: 0, connect_time, session_time })
     }
 
     /// The session's id.
     pub fn session_id(&self) -> u64 {
         self.welcome.session_id
+    }
+
+    /// How long the connection took to open: TCP, and the TLS handshake if
+    /// any.
+    pub fn connect_time(&self) -> Duration {
+        self.connect_time
+    }
+
+    /// How long the session took to open: the connection, then Hello until
+    /// Welcome.
+    pub fn session_time(&self) -> Duration {
+        self.session_time
     }
 
     /// Holds the session until `stop` (answering heartbeats, acknowledging

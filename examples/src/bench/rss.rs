@@ -1,4 +1,5 @@
-//! Resident memory and open-file limits of processes, read from `/proc`.
+//! Resident memory and open-file limits of processes, and the kernel's
+//! listen-queue overflow count, read from `/proc`.
 
 use std::io;
 
@@ -22,6 +23,25 @@ pub fn open_files_limit() -> Option<u64> {
     line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// How often this network namespace's TCP listen queues overflowed
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`; each overflow drops a
+/// connection attempt, which the client retries after about a second).
+pub fn listen_overflows() -> Option<u64> {
+    netstat_field(&std::fs::read_to_string("/proc/net/netstat").ok()?, "TcpExt:", "ListenOverflows")
+}
+
+/// A counter of `/proc/net/netstat`: a line of names after `prefix`, then a
+/// line of values.
+fn netstat_field(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if let Some(at) = names.split_whitespace().position(|n| n == name) {
+            return values.split_whitespace().nth(at)?.parse().ok();
+        }
+    }
+    None
+}
+
 /// The value of a `Name:   1234 kB` line of a `/proc/<pid>/status` text.
 fn status_field_kib(status: &str, name: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(name))?;
@@ -43,6 +63,15 @@ mod tests {
         assert_eq!(status_field_kib(status, "VmRSS:"), Some(12345));
         assert_eq!(status_field_kib(status, "VmSwap:"), None);
         assert_eq!(status_field_kib("VmRSS: 5 MB", "VmRSS:"), None);
+    }
+
+    #[test]
+    fn parses_netstat() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 23 23\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(netstat_field(text, "TcpExt:", "ListenOverflows"), Some(23));
+        assert_eq!(netstat_field(text, "TcpExt:", "Nope"), None);
+        assert_eq!(netstat_field(text, "IpExt:", "InNoRoutes"), Some(0));
     }
 
     #[test]

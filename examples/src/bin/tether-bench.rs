@@ -7,6 +7,7 @@
 //! target/release/tether-bench latency --writes 2000
 //! target/release/tether-bench idle-memory --vehicles 10000
 //! target/release/tether-bench traces --writes 2000   # latency with OTLP export off, 100%, 1%
+//! target/release/tether-bench tls --vehicles 18000    # idle-memory plaintext, then mTLS; handshakes/s
 //! ```
 
 use std::path::PathBuf;
@@ -14,8 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tether_examples::bench::idle_memory::{self, IdleMemoryConfig};
+use tether_examples::bench::idle_memory::{self, IdleMemoryConfig, Security};
 use tether_examples::bench::latency::{self, LatencyConfig};
+use tether_examples::bench::tls::{self, TlsConfig};
 use tether_examples::bench::traces;
 use tether_examples::bench::{Tetherd, TetherdOptions, print_report};
 use tokio::signal::unix::{SignalKind, signal};
@@ -47,6 +49,10 @@ enum Scenario {
     Traces(LatencyArgs),
     /// tetherd's memory per idle vehicle, each on its own TCP connection.
     IdleMemory(IdleMemoryArgs),
+    /// idle-memory twice in one run, plaintext then mutual TLS with a
+    /// certificate per vehicle: memory per vehicle of each, their ratio, and
+    /// mTLS handshakes per second (certificate generation timed apart).
+    Tls(TlsArgs),
     /// latency, then idle-memory with 1,000 and with 10,000 vehicles.
     All,
 }
@@ -85,8 +91,27 @@ impl IdleMemoryArgs {
             concurrency: self.concurrency,
             source_addresses: self.source_addresses,
             settle: self.settle,
+            security: Security::Plaintext,
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// Idle vehicles to connect in each run, each on its own connection with
+    /// its own certificate (bounded by this process's open-files limit).
+    #[arg(long, default_value_t = 1000)]
+    vehicles: usize,
+    /// Connects in flight at once (tetherd allows 256 TLS handshakes at once;
+    /// beyond its listen backlog, 128, a connect may wait for a SYN resend).
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Spread connections over 127.0.0.1 .. 127.0.0.N.
+    #[arg(long, default_value_t = 8)]
+    source_addresses: u8,
+    /// How long to let tetherd settle before measuring.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    settle: Duration,
 }
 
 #[tokio::main]
@@ -98,12 +123,19 @@ async fn main() -> ExitCode {
         Scenario::Latency(a) => vec![Run::Latency(LatencyConfig { writes: a.writes, warmup: a.warmup })],
         Scenario::Traces(a) => vec![Run::Traces(LatencyConfig { writes: a.writes, warmup: a.warmup })],
         Scenario::IdleMemory(a) => vec![Run::IdleMemory(a.config())],
+        Scenario::Tls(a) => vec![Run::Tls(TlsConfig {
+            vehicles: a.vehicles,
+            concurrency: a.concurrency,
+            source_addresses: a.source_addresses,
+            settle: a.settle,
+        })],
         Scenario::All => {
             let idle = |vehicles| IdleMemoryConfig {
                 vehicles,
                 concurrency: 200,
                 source_addresses: 1,
                 settle: Duration::from_secs(2),
+                security: Security::Plaintext,
             };
             vec![
                 Run::Latency(LatencyConfig { writes: 2000, warmup: 100 }),
@@ -153,19 +185,22 @@ enum Run {
     Latency(LatencyConfig),
     IdleMemory(IdleMemoryConfig),
     Traces(LatencyConfig),
+    Tls(TlsConfig),
 }
 
 impl Run {
     async fn run(&self, options: &TetherdOptions) -> anyhow::Result<()> {
-        if let Run::Traces(config) = self {
-            // Starts its own tetherd per mode.
-            return traces::run(options, config).await.map(|r| print_report(&r));
+        // These start their own tetherd per mode.
+        match self {
+            Run::Traces(config) => return traces::run(options, config).await.map(|r| print_report(&r)),
+            Run::Tls(config) => return tls::run(options, config).await.map(|r| print_report(&r)),
+            Run::Latency(_) | Run::IdleMemory(_) => {}
         }
         let server = Tetherd::start(options).await?;
         let outcome = match self {
             Run::Latency(config) => latency::run(&server, config).await.map(|r| print_report(&r)),
             Run::IdleMemory(config) => idle_memory::run(&server, config).await.map(|r| print_report(&r)),
-            Run::Traces(_) => unreachable!("handled above"),
+            Run::Traces(_) | Run::Tls(_) => unreachable!("handled above"),
         };
         server.stop().await?;
         outcome
