@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::task::JoinHandle;
@@ -38,22 +39,64 @@ pub struct Tetherd {
     stderr: JoinHandle<()>,
     /// Removed when dropped, after the child is killed (fields drop in order).
     _data_dir: tempfile::TempDir,
+    /// How it was started (a restart starts it the same way).
+    options: TetherdOptions,
+}
+
+/// How [`Tetherd::restart`] stops the running process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Restart {
+    /// SIGKILL: a crash; vehicles notice the closed connections.
+    Kill,
+    /// SIGTERM: a drain; vehicles get a goodbye with a jittered reconnect hint.
+    Term,
 }
 
 impl Tetherd {
     /// Starts tetherd and waits until it listens.
     pub async fn start(options: &TetherdOptions) -> anyhow::Result<Tetherd> {
+        let data_dir =
+            tempfile::Builder::new().prefix("tether-bench-").tempdir().context("cannot create a data dir")?;
+        Self::spawn(options, data_dir, "127.0.0.1:0".parse().expect("a socket address")).await
+    }
+
+    /// Stops it (`how`), then starts it again on the same address and data
+    /// directory, and waits until it listens. Returns the new process and how
+    /// long the node was away (from the stop to listening again).
+    pub async fn restart(mut self, how: Restart) -> anyhow::Result<(Tetherd, Duration)> {
+        let stopped = std::time::Instant::now();
+        match how {
+            Restart::Kill => self.child.kill().await.context("cannot kill tetherd")?,
+            Restart::Term => {
+                let status = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().await?;
+                anyhow::ensure!(status.success(), "cannot send SIGTERM to tetherd");
+                let exit = tokio::time::timeout(START_TIMEOUT, self.child.wait())
+                    .await
+                    .context("tetherd did not exit within its start timeout after SIGTERM")??;
+                tracing::info!(%exit, "tetherd drained");
+            }
+        }
+        let _ = (&mut self.stderr).await;
+        let Tetherd { addr, _data_dir: data_dir, options, .. } = self;
+        let server = Self::spawn(&options, data_dir, addr).await?;
+        Ok((server, stopped.elapsed()))
+    }
+
+    async fn spawn(
+        options: &TetherdOptions,
+        data_dir: tempfile::TempDir,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Tetherd> {
         if !options.path.is_file() {
             bail!(
                 "no tetherd at {} (build it with `cargo build --release -p tetherd`, or pass --tetherd PATH)",
                 options.path.display()
             );
         }
-        let data_dir =
-            tempfile::Builder::new().prefix("tether-bench-").tempdir().context("cannot create a data dir")?;
         let mut child = Command::new(&options.path)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen.to_string())
             .arg("--data-dir")
             .arg(data_dir.path())
             // The benchmark measures the command path, not the write limiter.
@@ -86,7 +129,7 @@ impl Tetherd {
             }
         });
         tracing::info!(pid, %addr, "tetherd started");
-        Ok(Tetherd { child, pid, addr, stderr, _data_dir: data_dir })
+        Ok(Tetherd { child, pid, addr, stderr, _data_dir: data_dir, options: options.clone() })
     }
 
     /// Its URL, e.g. `http://127.0.0.1:41234`.

@@ -46,6 +46,30 @@ impl fmt::Debug for Client {
     }
 }
 
+/// The bound of a whole connect: TCP (itself bounded at 5 s by the endpoint),
+/// the TLS handshake and the HTTP/2 handshake. tonic's `connect_timeout`
+/// bounds only the TCP connect, so a server that accepts and then never
+/// answers the handshake (overloaded in a reconnect storm, or a peer frozen
+/// halfway) would otherwise hold the connect forever.
+pub(crate) const CONNECT_BOUND: Duration = Duration::from_secs(10);
+
+/// Connects `endpoint` within [`CONNECT_BOUND`].
+pub(crate) async fn connect_bounded(endpoint: &Endpoint) -> Result<Channel, ConnectError> {
+    match tokio::time::timeout(CONNECT_BOUND, endpoint.connect()).await {
+        Ok(connected) => connected.map_err(ConnectError::Transport),
+        Err(_) => Err(ConnectError::TimedOut),
+    }
+}
+
+/// Why [`connect_bounded`] failed.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// TCP, TLS or HTTP/2 failed.
+    Transport(tonic::transport::Error),
+    /// Not connected within [`CONNECT_BOUND`].
+    TimedOut,
+}
+
 /// An endpoint with the SDK's connection settings: connect within 5 s, and
 /// HTTP/2 keepalive pings every 20 s answered within 10 s, so a dead link is
 /// noticed even when no call is in flight.
@@ -79,15 +103,27 @@ pub fn lazy_channel(endpoint: impl Into<String>, tls: Option<&Tls>) -> Result<Ch
 
 impl Client {
     /// Connects to tetherd at `endpoint`, e.g. `"http://127.0.0.1:50051"`.
+    /// The whole connect (TCP, HTTP/2) is bounded at 10 s.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Client, Error> {
-        let channel = self::endpoint(endpoint.into())?.connect().await?;
-        Ok(Client::from_channel(channel))
+        Client::connect_with(endpoint.into(), None).await
     }
 
-    /// Connects to tetherd at `endpoint` (`https://…`) over TLS.
+    /// Connects to tetherd at `endpoint` (`https://…`) over TLS. The whole
+    /// connect (TCP, TLS, HTTP/2) is bounded at 10 s.
     pub async fn connect_tls(endpoint: impl Into<String>, tls: &Tls) -> Result<Client, Error> {
-        let channel = endpoint_with(endpoint.into(), Some(tls))?.connect().await?;
-        Ok(Client::from_channel(channel))
+        Client::connect_with(endpoint.into(), Some(tls)).await
+    }
+
+    async fn connect_with(address: String, tls: Option<&Tls>) -> Result<Client, Error> {
+        let endpoint = endpoint_with(address.clone(), tls)?;
+        match connect_bounded(&endpoint).await {
+            Ok(channel) => Ok(Client::from_channel(channel)),
+            Err(ConnectError::Transport(e)) => Err(e.into()),
+            Err(ConnectError::TimedOut) => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("cannot connect to {address} within {CONNECT_BOUND:?} (TCP, TLS and HTTP/2 handshakes)"),
+            ))),
+        }
     }
 
     /// A client over an existing channel (for custom TLS or interceptors).

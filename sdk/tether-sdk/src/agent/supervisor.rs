@@ -17,6 +17,7 @@ use super::session::{self, SessionEnd};
 use super::worker::Worker;
 use super::{AgentEvent, Shared};
 use crate::backoff;
+use crate::client::ConnectError;
 use crate::error::chain;
 
 /// A session that lasted this long after Welcome resets the backoff.
@@ -132,9 +133,14 @@ impl Supervisor {
 async fn connect(connector: &Connector) -> Result<Channel, String> {
     match connector {
         Connector::Channel(channel) => Ok(channel.clone()),
-        Connector::Endpoint(endpoint) => {
-            endpoint.connect().await.map_err(|e| format!("cannot connect to tetherd: {}", chain(&e)))
-        }
+        Connector::Endpoint(endpoint) => match crate::client::connect_bounded(endpoint).await {
+            Ok(channel) => Ok(channel),
+            Err(ConnectError::Transport(e)) => Err(format!("cannot connect to tetherd: {}", chain(&e))),
+            Err(ConnectError::TimedOut) => Err(format!(
+                "cannot connect to tetherd: no TCP, TLS and HTTP/2 handshake within {:?}",
+                crate::client::CONNECT_BOUND
+            )),
+        },
         Connector::Invalid(problem) => Err(problem.clone()),
     }
 }
