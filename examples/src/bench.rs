@@ -1,23 +1,32 @@
 //! The benchmark's parts: a `tetherd` child process ([`Tetherd`]), its
-//! memory ([`rss`]), lean raw-protocol vehicles ([`lean_vehicle`]), an
-//! in-memory PKI ([`pki`]), and the scenarios ([`latency`], [`idle_memory`],
-//! [`traces`], [`tls`]), each ending in a report printed as a table and one
+//! memory ([`rss`]) and CPU ([`cpu`]), lean raw-protocol vehicles
+//! ([`lean_vehicle`]) and fleets of applying ones ([`fleet`]), an in-memory
+//! PKI ([`pki`]), a raw-tonic baseline server ([`baseline`]), open- and
+//! closed-loop write drivers ([`load`]), the write scenarios ([`writes`]:
+//! write-rate, max-throughput, fan-out) and the other scenarios ([`latency`], [`idle_memory`],
+//! [`traces`], [`tls`], [`reconnect_storm`]), each ending in a report printed as a table and one
 //! JSON line ([`print_report`]).
 //!
 //! Every scenario is bounded: it starts its own server on `127.0.0.1:0`,
 //! sends traffic only over loopback, stops by itself, and kills the server
 //! at the end (or when dropped).
 
+pub mod baseline;
+pub mod cpu;
+pub mod fleet;
 pub mod idle_memory;
 pub mod latency;
 pub mod lean_vehicle;
+pub mod load;
 pub mod pki;
+pub mod reconnect_storm;
 pub mod rss;
 mod tetherd;
 pub mod tls;
 pub mod traces;
+pub mod writes;
 
-pub use tetherd::{Tetherd, TetherdOptions};
+pub use tetherd::{Restart, Tetherd, TetherdOptions};
 
 use std::fmt::Display;
 

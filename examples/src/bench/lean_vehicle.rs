@@ -2,21 +2,28 @@
 //! Hello, read Welcome, answer heartbeats and acknowledge snapshots — spoken
 //! in the raw vehicle protocol (`tether_sdk::pb::vehicle::v1`). Much lighter
 //! than a full agent, so ten thousand fit in the benchmark's process and the
-//! server's side of the bill is what gets measured.
+//! server's side of the bill is what gets measured. With
+//! [`hold_applying`](LeanVehicle::hold_applying) it also applies every
+//! snapshot at once and reports each new field APPLIED (actual = desired),
+//! as the SDK agent's applier would with instant capabilities.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
+use tether_sdk::FieldStatus;
 use tether_sdk::pb::vehicle::v1::server_message::Kind as ServerKind;
 use tether_sdk::pb::vehicle::v1::vehicle_message::Kind as VehicleKind;
 use tether_sdk::pb::vehicle::v1::vehicle_service_client::VehicleServiceClient;
-use tether_sdk::pb::vehicle::v1::{Ack, Heartbeat, Hello, ServerMessage, VehicleMessage, Welcome};
+use tether_sdk::pb::vehicle::v1::{
+    Ack, DesiredState, FieldResult, Heartbeat, Hello, Report, ServerMessage, VehicleMessage, Welcome,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// How long connecting and the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -55,12 +62,30 @@ impl LeanVehicle {
             .with_context(|| format!("no Welcome within {HANDSHAKE_TIMEOUT:?}"))?
     }
 
+    /// Opens a session over `channel`, an HTTP/2 connection other vehicles
+    /// may share (one stream each), saying Hello as `vehicle_id`.
+    pub async fn connect_over(channel: Channel, vehicle_id: String) -> anyhow::Result<LeanVehicle> {
+        let started = Instant::now();
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::open_session(channel, vehicle_id, started, Duration::ZERO))
+            .await
+            .with_context(|| format!("no Welcome within {HANDSHAKE_TIMEOUT:?}"))?
+    }
+
     async fn handshake(endpoint: Endpoint, vehicle_id: String) -> anyhow::Result<LeanVehicle> {
         let started = Instant::now();
         // TCP, then TLS if configured; hyper's HTTP/2 handshake does not wait
         // for the server.
         let channel = endpoint.connect().await.context("cannot connect")?;
         let connect_time = started.elapsed();
+        Self::open_session(channel, vehicle_id, started, connect_time).await
+    }
+
+    async fn open_session(
+        channel: Channel,
+        vehicle_id: String,
+        started: Instant,
+        connect_time: Duration,
+    ) -> anyhow::Result<LeanVehicle> {
         let (outbound, queued) = mpsc::channel(OUTBOUND);
         let hello = Hello {
             vehicle_id: vehicle_id.clone(),
@@ -105,7 +130,22 @@ impl LeanVehicle {
 
     /// Holds the session until `stop` (answering heartbeats, acknowledging
     /// snapshots), or until tetherd ends it.
-    pub async fn hold(mut self, stop: CancellationToken) {
+    pub async fn hold(self, stop: CancellationToken) {
+        self.run(stop, None).await;
+    }
+
+    /// Like [`hold`](Self::hold), and applies every snapshot at once: after
+    /// the Ack, a Report with actual state = the desired state and each field
+    /// newer than the last handled generation APPLIED. Each report that
+    /// applied something is recorded in `applied` (what this vehicle handled,
+    /// and when).
+    pub async fn hold_applying(self, stop: CancellationToken, applied: AppliedSlot) {
+        self.run(stop, Some(applied)).await;
+    }
+
+    async fn run(mut self, stop: CancellationToken, applied: Option<AppliedSlot>) {
+        // The highest desired generation handled (the agent's last_applied).
+        let mut handled = 0;
         loop {
             let received = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -121,7 +161,25 @@ impl LeanVehicle {
                     })
                 }
                 Ok(Some(ServerMessage { kind: Some(ServerKind::Desired(desired)) })) => {
-                    VehicleKind::Ack(Ack { generation: desired.generation })
+                    let ack = VehicleKind::Ack(Ack { generation: desired.generation });
+                    let Some(slot) = &applied else {
+                        if !self.send(&stop, ack).await {
+                            return;
+                        }
+                        continue;
+                    };
+                    if !self.send(&stop, ack).await {
+                        return;
+                    }
+                    let (report, fields) = apply(desired, &mut handled);
+                    let observed = report.observed_generation;
+                    if !self.send(&stop, VehicleKind::Report(report)).await {
+                        return;
+                    }
+                    if fields > 0 {
+                        slot.record(observed, fields);
+                    }
+                    continue;
                 }
                 Ok(Some(ServerMessage { kind: Some(ServerKind::Goodbye(goodbye)) })) => {
                     tracing::debug!(vehicle_id = %self.vehicle_id, message = %goodbye.message, "goodbye");
@@ -134,14 +192,145 @@ impl LeanVehicle {
                     return;
                 }
             };
-            let sent = tokio::select! {
-                _ = stop.cancelled() => return,
-                sent = self.outbound.send(message(reply)) => sent,
-            };
-            if sent.is_err() {
+            if !self.send(&stop, reply).await {
                 return;
             }
         }
+    }
+
+    /// Queues `kind` to tetherd; false when stopped or the stream is gone.
+    async fn send(&self, stop: &CancellationToken, kind: VehicleKind) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            sent = self.outbound.send(message(kind)) => sent.is_ok(),
+        }
+    }
+}
+
+/// Applies `desired` at once: every field newer than `handled` is APPLIED and
+/// the actual state becomes the desired state. Returns the Report and how
+/// many fields it applied; moves `handled` up to the snapshot's generation.
+fn apply(desired: DesiredState, handled: &mut u64) -> (Report, usize) {
+    let before = *handled;
+    let results: Vec<FieldResult> = desired
+        .fields
+        .into_iter()
+        .filter(|meta| meta.generation > before)
+        .map(|meta| FieldResult {
+            path: meta.path,
+            generation: meta.generation,
+            status: FieldStatus::Applied as i32,
+            reason: String::new(),
+            message: String::new(),
+        })
+        .collect();
+    *handled = before.max(desired.generation);
+    let fields = results.len();
+    (Report { observed_generation: *handled, actual: desired.state, results }, fields)
+}
+
+/// Where the vehicles of a fleet record what they applied: per vehicle the
+/// highest generation applied, and fleet-wide counts and the time of the
+/// latest report, so a scenario can wait until every vehicle was reached.
+#[derive(Debug)]
+pub struct AppliedLog {
+    started: Instant,
+    generations: Box<[AtomicU64]>,
+    reports: AtomicU64,
+    fields: AtomicU64,
+    last_report_us: AtomicU64,
+    recorded: tokio::sync::Notify,
+}
+
+impl AppliedLog {
+    /// A log for `vehicles` vehicles; times count from now.
+    pub fn new(vehicles: usize) -> std::sync::Arc<AppliedLog> {
+        std::sync::Arc::new(AppliedLog {
+            started: Instant::now(),
+            generations: (0..vehicles).map(|_| AtomicU64::new(0)).collect(),
+            reports: AtomicU64::new(0),
+            fields: AtomicU64::new(0),
+            last_report_us: AtomicU64::new(0),
+            recorded: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The slot of vehicle `index`.
+    pub fn slot(self: &std::sync::Arc<Self>, index: usize) -> AppliedSlot {
+        assert!(index < self.generations.len(), "vehicle {index} has no slot");
+        AppliedSlot { log: self.clone(), index }
+    }
+
+    /// Reports that applied at least one field.
+    pub fn reports(&self) -> u64 {
+        self.reports.load(Ordering::Acquire)
+    }
+
+    /// Fields reported APPLIED.
+    pub fn fields(&self) -> u64 {
+        self.fields.load(Ordering::Acquire)
+    }
+
+    /// Vehicles whose applied generation is at least `generations[i]`
+    /// (`None`: at least one field applied).
+    pub fn vehicles_at(&self, generations: Option<&[u64]>) -> usize {
+        self.generations
+            .iter()
+            .enumerate()
+            .filter(|(i, g)| {
+                let g = g.load(Ordering::Acquire);
+                match generations.and_then(|want| want.get(*i)) {
+                    Some(want) => g >= *want,
+                    None => g > 0,
+                }
+            })
+            .count()
+    }
+
+    /// The highest generation vehicle `index` applied (0: none).
+    pub fn generation(&self, index: usize) -> u64 {
+        self.generations.get(index).map_or(0, |g| g.load(Ordering::Acquire))
+    }
+
+    /// When the latest applying report was sent, counted from `since`
+    /// (zero if none came after it).
+    pub fn last_report_since(&self, since: Instant) -> Duration {
+        let last = self.started + Duration::from_micros(self.last_report_us.load(Ordering::Acquire));
+        last.saturating_duration_since(since)
+    }
+
+    /// Waits until `done(self)` holds, re-checking after every report, at
+    /// most `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, done: impl Fn(&AppliedLog) -> bool) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.recorded.notified();
+                if done(self) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+/// One vehicle's place in an [`AppliedLog`].
+#[derive(Debug, Clone)]
+pub struct AppliedSlot {
+    log: std::sync::Arc<AppliedLog>,
+    index: usize,
+}
+
+impl AppliedSlot {
+    fn record(&self, generation: u64, fields: usize) {
+        let log = &self.log;
+        log.generations[self.index].fetch_max(generation, Ordering::AcqRel);
+        log.fields.fetch_add(fields as u64, Ordering::AcqRel);
+        let micros = u64::try_from(log.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        log.last_report_us.fetch_max(micros, Ordering::AcqRel);
+        log.reports.fetch_add(1, Ordering::AcqRel);
+        log.recorded.notify_waiters();
     }
 }
 

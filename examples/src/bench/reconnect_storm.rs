@@ -161,52 +161,60 @@ async fn storm(
     tracing::info!(down = ?down, "tetherd listens again");
 
     // The app comes back too, and re-sets every vehicle: stored at once,
-    // delivered when the vehicle is back.
-    let client = match app_tls {
-        Some(tls) => Client::connect_tls(url, tls).await,
-        None => Client::connect(url).await,
-    }?;
-    let client = Arc::new(client.with_debounce(Duration::ZERO));
-    let written = futures::stream::iter(0..n)
-        .map(|index| {
-            let client = client.clone();
-            async move {
-                client
-                    .set_desired(vehicle_id(index), Patch::new().window(Window::FrontLeft, 50))
-                    .timeout(Duration::from_secs(30))
-                    .await
-                    .with_context(|| format!("the write to {} failed", vehicle_id(index)))
-            }
-        })
-        .buffer_unordered(WRITES_IN_FLIGHT)
-        .fold(Ok::<usize, anyhow::Error>(0), |count, result| async move { Ok(count? + result.map(|_| 1)?) })
-        .await?;
-    let writes_done = stopped.elapsed();
-    tracing::info!(written, seconds = writes_done.as_secs_f64(), "every vehicle re-set");
-
-    let mut reconnected = None;
-    let mut logged = Instant::now();
-    let resynced = loop {
-        let status = fleet.status();
-        if reconnected.is_none() && status.connected == n && status.sessions >= before.sessions + n as u64 {
-            reconnected = Some(stopped.elapsed());
-        }
-        if status.applied >= before.applied + n as u64 && reconnected.is_some() {
-            break stopped.elapsed();
-        }
-        if logged.elapsed() >= PROGRESS_EVERY {
-            logged = Instant::now();
-            tracing::info!(%status, applied = status.applied - before.applied, "resyncing");
-        }
-        if stopped.elapsed() > BOUND {
-            bail!(
-                "not resynced within {BOUND:?}: {} of {n} connected, {} of {n} applied",
-                status.connected,
-                status.applied - before.applied
-            );
-        }
-        tokio::time::sleep(POLL).await;
+    // delivered when the vehicle is back. The fleet is watched meanwhile, so
+    // the vehicles' return is timed apart from the writes.
+    let writes = async {
+        let client = match app_tls {
+            Some(tls) => Client::connect_tls(url, tls).await,
+            None => Client::connect(url).await,
+        }?;
+        let client = Arc::new(client.with_debounce(Duration::ZERO));
+        let written = futures::stream::iter(0..n)
+            .map(|index| {
+                let client = client.clone();
+                async move {
+                    client
+                        .set_desired(vehicle_id(index), Patch::new().window(Window::FrontLeft, 50))
+                        .timeout(Duration::from_secs(30))
+                        .await
+                        .with_context(|| format!("the write to {} failed", vehicle_id(index)))
+                }
+            })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .fold(Ok::<usize, anyhow::Error>(0), |count, result| async move { Ok(count? + result.map(|_| 1)?) })
+            .await?;
+        let done = stopped.elapsed();
+        tracing::info!(written, seconds = done.as_secs_f64(), "every vehicle re-set");
+        anyhow::Ok((written, done))
     };
+    let watch = async {
+        let mut reconnected = None;
+        let mut logged = Instant::now();
+        loop {
+            let status = fleet.status();
+            if reconnected.is_none() && status.connected == n && status.sessions >= before.sessions + n as u64 {
+                reconnected = Some(stopped.elapsed());
+                tracing::info!(seconds = stopped.elapsed().as_secs_f64(), "every vehicle has a session again");
+            }
+            if let Some(reconnected) = reconnected.filter(|_| status.applied >= before.applied + n as u64) {
+                return anyhow::Ok((reconnected, stopped.elapsed()));
+            }
+            if logged.elapsed() >= PROGRESS_EVERY {
+                logged = Instant::now();
+                tracing::info!(%status, applied = status.applied - before.applied, "resyncing");
+            }
+            if stopped.elapsed() > BOUND {
+                bail!(
+                    "not resynced within {BOUND:?}: {} of {n} connected, {} of {n} applied",
+                    status.connected,
+                    status.applied - before.applied
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    let (writes, watched) = tokio::join!(writes, watch);
+    let ((written, writes_done), (reconnected, resynced)) = (writes?, watched?);
     let after = fleet.status();
     let server_rss_kib = server.rss_kib()?;
     server.stop().await?;
@@ -217,7 +225,7 @@ async fn storm(
         restart: config.restart,
         initial_connect_seconds: secs(initial_connect),
         down_seconds: secs(down),
-        reconnected_seconds: secs(reconnected.expect("set before the loop ends")),
+        reconnected_seconds: secs(reconnected),
         resynced_seconds: secs(resynced),
         writes: written,
         writes_done_seconds: secs(writes_done),

@@ -8,18 +8,26 @@
 //! target/release/tether-bench idle-memory --vehicles 10000
 //! target/release/tether-bench traces --writes 2000   # latency with OTLP export off, 100%, 1%
 //! target/release/tether-bench tls --vehicles 18000    # idle-memory plaintext, then mTLS; handshakes/s
+//! target/release/tether-bench reconnect-storm --vehicles 18000   # kill -9, restart: all back and resynced
 //! ```
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tether_examples::bench::baseline::{self, BaselineOptions};
+use tether_examples::bench::fleet::FleetOptions;
 use tether_examples::bench::idle_memory::{self, IdleMemoryConfig, Security};
 use tether_examples::bench::latency::{self, LatencyConfig};
+use tether_examples::bench::load::parse_wait;
+use tether_examples::bench::reconnect_storm::{self, ReconnectStormConfig};
 use tether_examples::bench::tls::{self, TlsConfig};
 use tether_examples::bench::traces;
-use tether_examples::bench::{Tetherd, TetherdOptions, print_report};
+use tether_examples::bench::writes::{self, FanOutConfig, MaxThroughputConfig, WriteRateConfig, WriteSetup};
+use tether_examples::bench::{Restart, Tetherd, TetherdOptions, print_report};
+use tether_sdk::WaitLevel;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Benchmarks tetherd: end-to-end write latency, memory per idle vehicle.
@@ -53,8 +61,110 @@ enum Scenario {
     /// certificate per vehicle: memory per vehicle of each, their ratio, and
     /// mTLS handshakes per second (certificate generation timed apart).
     Tls(TlsArgs),
+    /// N SDK agents (mTLS, one connection each) hold sessions; tetherd is
+    /// killed (or drained) and restarted on the same port and data, the app
+    /// re-sets every vehicle: time until all are back and all applied.
+    ReconnectStorm(ReconnectStormArgs),
+    /// Open-loop writes at a fixed rate spread over N applying vehicles,
+    /// latency from the scheduled send time; the raw tonic unary echo at the
+    /// same rate in the same run, and the ratios.
+    WriteRate(WriteRateArgs),
+    /// Closed-loop writes, N writers in flight, over N applying vehicles;
+    /// the raw tonic unary echo with the same N in the same run.
+    MaxThroughput(MaxThroughputArgs),
+    /// One write per vehicle across the fleet: time until every vehicle
+    /// reported APPLIED.
+    FanOut(FanOutArgs),
+    /// The raw-tonic baseline server alone (unary and bidi echo), on
+    /// --listen; prints its address, stops when stdin closes. The write
+    /// scenarios start it themselves.
+    BaselineServer(BaselineServerArgs),
     /// latency, then idle-memory with 1,000 and with 10,000 vehicles.
     All,
+}
+
+#[derive(Debug, clap::Args)]
+struct BaselineServerArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, clap::Args)]
+struct FleetArgs {
+    /// Applying lean vehicles to connect.
+    #[arg(long, default_value_t = 10_000)]
+    vehicles: usize,
+    /// Vehicles per TCP connection (one HTTP/2 stream each); 1: a connection each.
+    #[arg(long, default_value_t = 1)]
+    per_connection: usize,
+    /// Spread connections over 127.0.0.1 .. 127.0.0.N.
+    #[arg(long, default_value_t = 8)]
+    source_addresses: u8,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// App client connections (SDK clients) per server.
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    /// What each write waits for: applied, delivered or none (ACCEPTED).
+    #[arg(long, default_value = "applied", value_parser = parse_wait)]
+    wait: WaitLevel,
+}
+
+impl FleetArgs {
+    fn setup(&self) -> WriteSetup {
+        WriteSetup {
+            fleet: FleetOptions {
+                vehicles: self.vehicles,
+                per_connection: self.per_connection,
+                source_addresses: self.source_addresses,
+                concurrency: self.connect_concurrency,
+                prefix: "bench-w".into(),
+            },
+            channels: self.channels,
+            wait: self.wait,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct WriteRateArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Writes per second (scheduled, whatever the answers do).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Measured time per server.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time at the same rate first, per server.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct MaxThroughputArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Writers in flight (at most the vehicle count).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Measured time per server.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time first, per server.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct FanOutArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Writes in flight at once.
+    #[arg(long, default_value_t = 512)]
+    concurrency: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,10 +224,41 @@ struct TlsArgs {
     settle: Duration,
 }
 
+#[derive(Debug, clap::Args)]
+struct ReconnectStormArgs {
+    /// Vehicles: SDK agents, each on its own connection (bounded by this
+    /// process's open-files limit).
+    #[arg(long, default_value_t = 1000)]
+    vehicles: usize,
+    /// Plaintext instead of mutual TLS.
+    #[arg(long)]
+    plaintext: bool,
+    /// Drain with SIGTERM (goodbye with a jittered reconnect hint) instead of
+    /// a crash (SIGKILL).
+    #[arg(long)]
+    drain: bool,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Scenario::BaselineServer(a) = &args.scenario {
+        return match baseline::serve_child(a.listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tether-bench baseline-server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tether_examples::logging::init("info");
+    let baseline = match BaselineOptions::this_binary() {
+        Ok(baseline) => baseline,
+        Err(e) => {
+            eprintln!("tether-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let options = TetherdOptions { path: args.tetherd.clone(), log: args.tetherd_log.clone(), args: Vec::new() };
     let plan = match &args.scenario {
         Scenario::Latency(a) => vec![Run::Latency(LatencyConfig { writes: a.writes, warmup: a.warmup })],
@@ -129,6 +270,27 @@ async fn main() -> ExitCode {
             source_addresses: a.source_addresses,
             settle: a.settle,
         })],
+        Scenario::ReconnectStorm(a) => vec![Run::ReconnectStorm(ReconnectStormConfig {
+            vehicles: a.vehicles,
+            tls: !a.plaintext,
+            restart: if a.drain { Restart::Term } else { Restart::Kill },
+        })],
+        Scenario::WriteRate(a) => vec![Run::WriteRate(WriteRateConfig {
+            setup: a.fleet.setup(),
+            rate: a.rate,
+            duration: a.duration,
+            warmup: a.warmup,
+        })],
+        Scenario::MaxThroughput(a) => vec![Run::MaxThroughput(MaxThroughputConfig {
+            setup: a.fleet.setup(),
+            concurrency: a.concurrency,
+            duration: a.duration,
+            warmup: a.warmup,
+        })],
+        Scenario::FanOut(a) => {
+            vec![Run::FanOut(FanOutConfig { setup: a.fleet.setup(), concurrency: a.concurrency })]
+        }
+        Scenario::BaselineServer(_) => unreachable!("served above"),
         Scenario::All => {
             let idle = |vehicles| IdleMemoryConfig {
                 vehicles,
@@ -154,7 +316,7 @@ async fn main() -> ExitCode {
     };
     for run in plan {
         let outcome = tokio::select! {
-            outcome = tokio::time::timeout(args.timeout, run.run(&options)) => outcome,
+            outcome = tokio::time::timeout(args.timeout, run.run(&options, &baseline)) => outcome,
             // Dropping the scenario kills its tetherd (kill_on_drop).
             _ = interrupt.recv() => {
                 eprintln!("tether-bench: interrupted");
@@ -186,21 +348,40 @@ enum Run {
     IdleMemory(IdleMemoryConfig),
     Traces(LatencyConfig),
     Tls(TlsConfig),
+    ReconnectStorm(ReconnectStormConfig),
+    WriteRate(WriteRateConfig),
+    MaxThroughput(MaxThroughputConfig),
+    FanOut(FanOutConfig),
 }
 
 impl Run {
-    async fn run(&self, options: &TetherdOptions) -> anyhow::Result<()> {
+    async fn run(&self, options: &TetherdOptions, baseline: &BaselineOptions) -> anyhow::Result<()> {
         // These start their own tetherd per mode.
         match self {
             Run::Traces(config) => return traces::run(options, config).await.map(|r| print_report(&r)),
             Run::Tls(config) => return tls::run(options, config).await.map(|r| print_report(&r)),
+            Run::ReconnectStorm(config) => {
+                return reconnect_storm::run(options, config).await.map(|r| print_report(&r));
+            }
+            Run::WriteRate(config) => {
+                return writes::write_rate(options, baseline, config).await.map(|r| print_report(&r));
+            }
+            Run::MaxThroughput(config) => {
+                return writes::max_throughput(options, baseline, config).await.map(|r| print_report(&r));
+            }
+            Run::FanOut(config) => return writes::fan_out(options, config).await.map(|r| print_report(&r)),
             Run::Latency(_) | Run::IdleMemory(_) => {}
         }
         let server = Tetherd::start(options).await?;
         let outcome = match self {
             Run::Latency(config) => latency::run(&server, config).await.map(|r| print_report(&r)),
             Run::IdleMemory(config) => idle_memory::run(&server, config).await.map(|r| print_report(&r)),
-            Run::Traces(_) | Run::Tls(_) => unreachable!("handled above"),
+            Run::Traces(_)
+            | Run::Tls(_)
+            | Run::ReconnectStorm(_)
+            | Run::WriteRate(_)
+            | Run::MaxThroughput(_)
+            | Run::FanOut(_) => unreachable!("handled above"),
         };
         server.stop().await?;
         outcome

@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod bad_input;
+mod bench_smoke;
 mod cli;
 mod command_path;
 mod config;

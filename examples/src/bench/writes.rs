@@ -1,0 +1,610 @@
+//! The write scenarios of issue 6, each on a fresh tetherd with N applying
+//! lean vehicles connected ([`ApplyingFleet`]):
+//!
+//! - `write-rate` ([`write_rate`]): open loop at a fixed rate, set → wait
+//!   level, latency from the scheduled send time; in the same run the raw
+//!   tonic unary echo ([`Baseline`]) at the same rate with the same driver,
+//!   and the p50 / p99 ratios tetherd ÷ baseline.
+//! - `max-throughput` ([`max_throughput`]): closed loop, N writers in
+//!   flight; the baseline echo with the same N in the same run, and the
+//!   ratio of throughputs.
+//! - `fan-out` ([`fan_out`]): one write per vehicle across the fleet,
+//!   bounded concurrency; the time until every vehicle reported APPLIED.
+//!
+//! Server RSS and CPU (per thread name) come from `/proc`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tether_sdk::WaitLevel;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::baseline::{Baseline, BaselineOptions};
+use super::cpu::{self, CpuUsage};
+use super::fleet::{ApplyingFleet, FleetOptions};
+use super::load::{self, LoadFigures, Outcome, Recorder, Server, Writes, ms, round, wait_name};
+use super::{Tetherd, TetherdOptions};
+
+/// What ACCEPTED means with the embedded store (server/src/store/redb.rs).
+pub const DURABILITY: &str = "ACCEPTED = the write and its audit record are in a redb transaction committed with \
+     Durability::Immediate (one-phase commit with checksums: the data and then the header written and one \
+     fdatasync) by the store's single writer thread, which folds every save queued behind the first (up to 4,096) \
+     into one commit (group commit); tetherd answers or delivers only after that commit returned. The ack \
+     (DELIVERED) and report (APPLIED) are saved through the same writer, but a waiting call does not wait for \
+     those saves.";
+
+/// How long the fleet's vehicles may take to report after their writes returned.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The parameters every write scenario shares.
+#[derive(Debug, Clone)]
+pub struct WriteSetup {
+    /// The fleet.
+    pub fleet: FleetOptions,
+    /// App client connections (SDK clients, one HTTP/2 connection each) per
+    /// server.
+    pub channels: usize,
+    /// What each write waits for.
+    pub wait: WaitLevel,
+}
+
+impl WriteSetup {
+    /// `vehicles` applying vehicles, each on its own connection spread over 8
+    /// source addresses, 4 client channels, waiting for APPLIED.
+    pub fn new(vehicles: usize) -> WriteSetup {
+        WriteSetup {
+            fleet: FleetOptions {
+                vehicles,
+                per_connection: 1,
+                source_addresses: 8,
+                concurrency: 200,
+                prefix: "bench-w".into(),
+            },
+            channels: 4,
+            wait: WaitLevel::Applied,
+        }
+    }
+}
+
+/// A server's resources during a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerUsage {
+    /// RSS at the end of the phase, KiB.
+    pub rss_kib: u64,
+    /// CPU during the phase.
+    pub cpu: CpuUsage,
+}
+
+/// One measured load phase against one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// Latency and throughput.
+    pub load: LoadFigures,
+    /// The server's RSS and CPU (`None` for an in-process baseline, whose
+    /// figures would be this process's).
+    pub server: Option<ServerUsage>,
+    /// The benchmark's own CPU (clients and vehicles), percent of one core.
+    pub bench_cpu_percent: f64,
+}
+
+/// tetherd, the baseline, the fleet and a client pool to each.
+struct Rig {
+    tetherd: Tetherd,
+    baseline: Option<Baseline>,
+    fleet: ApplyingFleet,
+    to_tetherd: Writes,
+    to_baseline: Option<Writes>,
+}
+
+impl Rig {
+    async fn start(
+        options: &TetherdOptions,
+        baseline: Option<&BaselineOptions>,
+        setup: &WriteSetup,
+    ) -> anyhow::Result<Rig> {
+        let mut options = options.clone();
+        // Room for the fleet, the clients and a margin; no admin port (two
+        // benchmarks may run side by side).
+        let max_connections = setup.fleet.connections() + 2 * setup.channels + 100;
+        options.args.extend(["--max-connections".into(), max_connections.to_string()]);
+        options.args.extend(["--admin-listen".into(), "off".into()]);
+        let tetherd = Tetherd::start(&options).await?;
+        let baseline = match baseline {
+            Some(b) => Some(Baseline::start(b).await?),
+            None => None,
+        };
+        let fleet = ApplyingFleet::connect(&tetherd.url(), &setup.fleet).await.context("cannot connect the fleet")?;
+        let ids: Arc<[String]> = fleet.ids().into();
+        let to_tetherd =
+            Writes::connect(&tetherd.url(), setup.channels, ids.clone(), setup.wait, Server::Tetherd).await?;
+        let to_baseline = match &baseline {
+            Some(b) => Some(Writes::connect(&b.url(), setup.channels, ids, setup.wait, Server::Baseline).await?),
+            None => None,
+        };
+        Ok(Rig { tetherd, baseline, fleet, to_tetherd, to_baseline })
+    }
+
+    /// The server's pid, if its figures are its own.
+    fn pid_of(&self, server: Server) -> Option<u32> {
+        match server {
+            Server::Tetherd => Some(self.tetherd.pid()),
+            Server::Baseline => self.baseline.as_ref().filter(|b| b.is_child()).map(Baseline::pid),
+        }
+    }
+
+    /// Runs `drive` against `writes` and records the server's resources.
+    async fn phase<F: Future<Output = anyhow::Result<LoadFigures>>>(
+        &self,
+        server: Server,
+        drive: F,
+    ) -> anyhow::Result<Phase> {
+        let pid = self.pid_of(server);
+        let own = std::process::id();
+        let server_before = pid.map(cpu::sample).transpose()?;
+        let own_before = cpu::sample(own)?;
+        let load = drive.await?;
+        let own_after = cpu::sample(own)?;
+        let server = match (pid, server_before) {
+            (Some(pid), Some(before)) => {
+                Some(ServerUsage { rss_kib: super::rss::rss_kib(pid)?, cpu: cpu::usage(&before, &cpu::sample(pid)?) })
+            }
+            _ => None,
+        };
+        Ok(Phase { load, server, bench_cpu_percent: cpu::usage(&own_before, &own_after).percent })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let Rig { tetherd, baseline, fleet, to_tetherd, to_baseline } = self;
+        drop((to_tetherd, to_baseline));
+        fleet.close().await;
+        if let Some(baseline) = baseline {
+            baseline.stop().await?;
+        }
+        tetherd.stop().await
+    }
+}
+
+/// Runs `body` on a started rig, then stops the rig whatever happened.
+async fn with_rig<T>(
+    options: &TetherdOptions,
+    baseline: Option<&BaselineOptions>,
+    setup: &WriteSetup,
+    body: impl AsyncFnOnce(&Rig) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let rig = Rig::start(options, baseline, setup).await?;
+    let outcome = body(&rig).await;
+    let stopped = rig.stop().await;
+    let value = outcome?;
+    stopped?;
+    Ok(value)
+}
+
+/// Fails if a phase against tetherd lost or short-changed a write.
+fn check(phase: &Phase) -> anyhow::Result<()> {
+    let load = &phase.load;
+    if load.errors > 0 || load.not_reached > 0 || load.reached < load.writes {
+        bail!(
+            "{}: {} of {} writes reached the wait level ({} errors, {} short); first: {}",
+            load.server,
+            load.reached,
+            load.writes,
+            load.errors,
+            load.not_reached,
+            load.first_error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    round(a / b.max(1e-9), 100.0)
+}
+
+// ---------------------------------------------------------------- write-rate
+
+/// `write-rate`'s parameters.
+#[derive(Debug, Clone)]
+pub struct WriteRateConfig {
+    /// Fleet, clients, wait level.
+    pub setup: WriteSetup,
+    /// Writes per second.
+    pub rate: f64,
+    /// Measured time per server.
+    pub duration: Duration,
+    /// Unmeasured time at the same rate first, per server.
+    pub warmup: Duration,
+}
+
+/// What `write-rate` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteRateReport {
+    /// Always `"write-rate"`.
+    pub scenario: &'static str,
+    /// Vehicles connected.
+    pub vehicles: usize,
+    /// Their TCP connections.
+    pub connections: usize,
+    /// App client connections per server.
+    pub channels: usize,
+    /// The wait level.
+    pub wait: &'static str,
+    /// Scheduled writes per second.
+    pub rate: f64,
+    /// Measured seconds per server.
+    pub duration_seconds: f64,
+    /// First connect to last Welcome, seconds.
+    pub connect_seconds: f64,
+    /// tetherd.
+    pub tetherd: Phase,
+    /// The raw tonic unary echo, same rate, same driver.
+    pub baseline: Phase,
+    /// tetherd p50 ÷ baseline p50 (issue 6: ≤ 3).
+    pub p50_ratio: f64,
+    /// tetherd p99 ÷ baseline p99 (issue 6: ≤ 2).
+    pub p99_ratio: f64,
+    /// Fields the vehicles reported APPLIED (warm-up included).
+    pub vehicle_fields_applied: u64,
+    /// Whether the baseline ran as a process of its own.
+    pub baseline_split: bool,
+    /// Cores of the machine.
+    pub cores: usize,
+}
+
+/// Runs `write-rate`: baseline, then tetherd, in one run.
+pub async fn write_rate(
+    options: &TetherdOptions,
+    baseline: &BaselineOptions,
+    config: &WriteRateConfig,
+) -> anyhow::Result<WriteRateReport> {
+    let setup = &config.setup;
+    with_rig(options, Some(baseline), setup, async |rig: &Rig| {
+        let to_baseline = rig.to_baseline.as_ref().context("no baseline")?;
+        let warmup_writes = (config.rate * config.warmup.as_secs_f64()).round() as u64;
+        if !config.warmup.is_zero() {
+            tracing::info!(rate = config.rate, warmup = ?config.warmup, "warming up");
+            load::open_loop(to_baseline, config.rate, config.warmup, 0).await?;
+            check(&rig.phase(Server::Tetherd, load::open_loop(&rig.to_tetherd, config.rate, config.warmup, 0)).await?)?;
+        }
+        tracing::info!(rate = config.rate, duration = ?config.duration, "baseline: open loop");
+        let base = rig
+            .phase(Server::Baseline, load::open_loop(to_baseline, config.rate, config.duration, warmup_writes))
+            .await?;
+        tracing::info!(rate = config.rate, duration = ?config.duration, "tetherd: open loop");
+        let tether = rig
+            .phase(Server::Tetherd, load::open_loop(&rig.to_tetherd, config.rate, config.duration, warmup_writes))
+            .await?;
+        check(&tether)?;
+        Ok(WriteRateReport {
+            scenario: "write-rate",
+            vehicles: setup.fleet.vehicles,
+            connections: rig.fleet.connections(),
+            channels: setup.channels,
+            wait: wait_name(setup.wait),
+            rate: config.rate,
+            duration_seconds: config.duration.as_secs_f64(),
+            connect_seconds: round(rig.fleet.connect_time().as_secs_f64(), 100.0),
+            p50_ratio: ratio(tether.load.p50_us as f64, base.load.p50_us as f64),
+            p99_ratio: ratio(tether.load.p99_us as f64, base.load.p99_us as f64),
+            tetherd: tether,
+            baseline: base,
+            vehicle_fields_applied: rig.fleet.applied().fields(),
+            baseline_split: rig.baseline.as_ref().is_some_and(Baseline::is_child),
+            cores: super::cores(),
+        })
+    })
+    .await
+}
+
+// ------------------------------------------------------------ max-throughput
+
+/// `max-throughput`'s parameters.
+#[derive(Debug, Clone)]
+pub struct MaxThroughputConfig {
+    /// Fleet, clients, wait level.
+    pub setup: WriteSetup,
+    /// Writers in flight.
+    pub concurrency: usize,
+    /// Measured time per server.
+    pub duration: Duration,
+    /// Unmeasured time first, per server.
+    pub warmup: Duration,
+}
+
+/// What `max-throughput` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaxThroughputReport {
+    /// Always `"max-throughput"`.
+    pub scenario: &'static str,
+    /// Vehicles connected.
+    pub vehicles: usize,
+    /// Their TCP connections.
+    pub connections: usize,
+    /// App client connections per server.
+    pub channels: usize,
+    /// Writers in flight.
+    pub concurrency: usize,
+    /// The wait level.
+    pub wait: &'static str,
+    /// Measured seconds per server.
+    pub duration_seconds: f64,
+    /// First connect to last Welcome, seconds.
+    pub connect_seconds: f64,
+    /// tetherd.
+    pub tetherd: Phase,
+    /// The raw tonic unary echo, same writers, same driver.
+    pub baseline: Phase,
+    /// tetherd writes/s ÷ baseline writes/s (issue 6: ≥ 0.5).
+    pub throughput_ratio: f64,
+    /// Fields the vehicles reported APPLIED (warm-up included).
+    pub vehicle_fields_applied: u64,
+    /// What a write's ACCEPTED means.
+    pub durability: &'static str,
+    /// Whether the baseline ran as a process of its own.
+    pub baseline_split: bool,
+    /// Cores of the machine.
+    pub cores: usize,
+}
+
+/// Runs `max-throughput`: baseline, then tetherd, in one run.
+pub async fn max_throughput(
+    options: &TetherdOptions,
+    baseline: &BaselineOptions,
+    config: &MaxThroughputConfig,
+) -> anyhow::Result<MaxThroughputReport> {
+    let setup = &config.setup;
+    let n = config.concurrency;
+    with_rig(options, Some(baseline), setup, async |rig: &Rig| {
+        let to_baseline = rig.to_baseline.as_ref().context("no baseline")?;
+        tracing::info!(concurrency = n, duration = ?config.duration, "baseline: closed loop");
+        let base =
+            rig.phase(Server::Baseline, load::closed_loop(to_baseline, n, config.warmup, config.duration)).await?;
+        tracing::info!(concurrency = n, duration = ?config.duration, "tetherd: closed loop");
+        let tether =
+            rig.phase(Server::Tetherd, load::closed_loop(&rig.to_tetherd, n, config.warmup, config.duration)).await?;
+        check(&tether)?;
+        Ok(MaxThroughputReport {
+            scenario: "max-throughput",
+            vehicles: setup.fleet.vehicles,
+            connections: rig.fleet.connections(),
+            channels: setup.channels,
+            concurrency: n,
+            wait: wait_name(setup.wait),
+            duration_seconds: config.duration.as_secs_f64(),
+            connect_seconds: round(rig.fleet.connect_time().as_secs_f64(), 100.0),
+            throughput_ratio: ratio(tether.load.writes_per_second, base.load.writes_per_second),
+            tetherd: tether,
+            baseline: base,
+            vehicle_fields_applied: rig.fleet.applied().fields(),
+            durability: DURABILITY,
+            baseline_split: rig.baseline.as_ref().is_some_and(Baseline::is_child),
+            cores: super::cores(),
+        })
+    })
+    .await
+}
+
+// ------------------------------------------------------------------- fan-out
+
+/// `fan-out`'s parameters.
+#[derive(Debug, Clone)]
+pub struct FanOutConfig {
+    /// Fleet, clients, wait level.
+    pub setup: WriteSetup,
+    /// Writes in flight at once.
+    pub concurrency: usize,
+}
+
+/// What `fan-out` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanOutReport {
+    /// Always `"fan-out"`.
+    pub scenario: &'static str,
+    /// Vehicles connected, one write each.
+    pub vehicles: usize,
+    /// Their TCP connections.
+    pub connections: usize,
+    /// App client connections.
+    pub channels: usize,
+    /// Writes in flight at once.
+    pub concurrency: usize,
+    /// The wait level.
+    pub wait: &'static str,
+    /// First connect to last Welcome, seconds.
+    pub connect_seconds: f64,
+    /// Latency per write (from its send) and counts.
+    pub load: LoadFigures,
+    /// First write sent → last write answered, seconds.
+    pub all_answered_seconds: f64,
+    /// First write sent → the last vehicle sent its APPLIED report
+    /// (measured in the vehicles), seconds.
+    pub all_applied_seconds: f64,
+    /// Vehicles whose report covered their write's generation.
+    pub vehicles_reached: usize,
+    /// vehicles ÷ all_applied_seconds.
+    pub applied_per_second: f64,
+    /// tetherd's resources during the fan-out.
+    pub server: ServerUsage,
+    /// The benchmark's own CPU, percent of one core.
+    pub bench_cpu_percent: f64,
+    /// Cores of the machine.
+    pub cores: usize,
+}
+
+/// Runs `fan-out`: one write per vehicle, `concurrency` in flight, then
+/// waits (bounded) until every vehicle reported its write APPLIED.
+pub async fn fan_out(options: &TetherdOptions, config: &FanOutConfig) -> anyhow::Result<FanOutReport> {
+    let setup = &config.setup;
+    with_rig(options, None, setup, async |rig: &Rig| {
+        let vehicles = setup.fleet.vehicles;
+        let writes = &rig.to_tetherd;
+        let generations: Arc<[std::sync::atomic::AtomicU64]> =
+            (0..vehicles).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+        let recorder = Arc::new(Recorder::new());
+        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let tasks = TaskTracker::new();
+        let pid = rig.tetherd.pid();
+        let (server_before, own_before) = (cpu::sample(pid)?, cpu::sample(std::process::id())?);
+        tracing::info!(vehicles, concurrency = config.concurrency, "fan-out");
+        let started = Instant::now();
+        for index in 0..vehicles {
+            let permit = permits.clone().acquire_owned().await.context("semaphore closed")?;
+            let (writes, recorder, generations) = (writes.clone(), recorder.clone(), generations.clone());
+            tasks.spawn(async move {
+                let sent = Instant::now();
+                let outcome = writes.write(index as u64, index).await;
+                drop(permit);
+                if let Outcome::Reached(generation) = &outcome {
+                    generations[index].store(*generation, std::sync::atomic::Ordering::Release);
+                }
+                let mut latency = load::histogram();
+                recorder.count(outcome, sent.elapsed(), &mut latency);
+                recorder.merge(&latency);
+            });
+        }
+        tasks.close();
+        tokio::time::timeout(load::WRITE_TIMEOUT + Duration::from_secs(5), tasks.wait())
+            .await
+            .context("writes still running after their deadline")?;
+        let all_answered = started.elapsed();
+        let wanted: Vec<u64> = generations.iter().map(|g| g.load(std::sync::atomic::Ordering::Acquire)).collect();
+        let log = rig.fleet.applied();
+        let reached_all = log.wait_until(APPLY_TIMEOUT, |log| log.vehicles_at(Some(&wanted)) >= vehicles).await;
+        let (server_after, own_after) = (cpu::sample(pid)?, cpu::sample(std::process::id())?);
+        let vehicles_reached = log.vehicles_at(Some(&wanted));
+        let all_applied = log.last_report_since(started.into_std());
+        let figures = recorder.figures(Server::Tetherd, vehicles as u64, all_answered.as_secs_f64(), false);
+        check(&Phase { load: figures.clone(), server: None, bench_cpu_percent: 0.0 })?;
+        if !reached_all || wanted.contains(&0) {
+            bail!(
+                "only {vehicles_reached} of {vehicles} vehicles reported their write APPLIED within {APPLY_TIMEOUT:?}"
+            );
+        }
+        Ok(FanOutReport {
+            scenario: "fan-out",
+            vehicles,
+            connections: rig.fleet.connections(),
+            channels: setup.channels,
+            concurrency: config.concurrency,
+            wait: wait_name(setup.wait),
+            connect_seconds: round(rig.fleet.connect_time().as_secs_f64(), 100.0),
+            load: figures,
+            all_answered_seconds: round(all_answered.as_secs_f64(), 1000.0),
+            all_applied_seconds: round(all_applied.as_secs_f64(), 1000.0),
+            vehicles_reached,
+            applied_per_second: round(vehicles as f64 / all_applied.as_secs_f64().max(1e-6), 1.0),
+            server: ServerUsage { rss_kib: rig.tetherd.rss_kib()?, cpu: cpu::usage(&server_before, &server_after) },
+            bench_cpu_percent: cpu::usage(&own_before, &own_after).percent,
+            cores: super::cores(),
+        })
+    })
+    .await
+}
+
+// ------------------------------------------------------------------- tables
+
+fn usage_line(f: &mut fmt::Formatter<'_>, name: &str, phase: &Phase) -> fmt::Result {
+    match &phase.server {
+        Some(s) => writeln!(
+            f,
+            "  {name:<9} server RSS {} KiB, CPU {}; bench CPU {:.0}%",
+            s.rss_kib,
+            s.cpu.summary(),
+            phase.bench_cpu_percent
+        ),
+        None => {
+            writeln!(f, "  {name:<9} (in this process: no separate CPU/RSS); bench CPU {:.0}%", phase.bench_cpu_percent)
+        }
+    }
+}
+
+fn lag_line(f: &mut fmt::Formatter<'_>, phase: &Phase) -> fmt::Result {
+    if let (Some(p99), Some(max)) = (phase.load.send_lag_p99_us, phase.load.send_lag_max_us) {
+        writeln!(f, "  {:<9} generator send lag p99 {} max {}", phase.load.server, ms(p99), ms(max))?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for WriteRateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "write-rate: {} writes/s open loop for {} s, wait {}, {} vehicles on {} connections, {} client channels ({} cores)",
+            self.rate, self.duration_seconds, self.wait, self.vehicles, self.connections, self.channels, self.cores
+        )?;
+        writeln!(f, "{}", LoadFigures::header())?;
+        writeln!(f, "{}", self.baseline.load)?;
+        writeln!(f, "{}", self.tetherd.load)?;
+        writeln!(f, "  ratio tetherd/baseline: p50 {:.2}×, p99 {:.2}×", self.p50_ratio, self.p99_ratio)?;
+        lag_line(f, &self.baseline)?;
+        lag_line(f, &self.tetherd)?;
+        usage_line(f, "baseline", &self.baseline)?;
+        usage_line(f, "tetherd", &self.tetherd)?;
+        write!(
+            f,
+            "  vehicles connected in {:.2} s; fields applied {}",
+            self.connect_seconds, self.vehicle_fields_applied
+        )
+    }
+}
+
+impl fmt::Display for MaxThroughputReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "max-throughput: {} writers closed loop for {} s, wait {}, {} vehicles on {} connections, {} client channels ({} cores)",
+            self.concurrency,
+            self.duration_seconds,
+            self.wait,
+            self.vehicles,
+            self.connections,
+            self.channels,
+            self.cores
+        )?;
+        writeln!(f, "{}", LoadFigures::header())?;
+        writeln!(f, "{}", self.baseline.load)?;
+        writeln!(f, "{}", self.tetherd.load)?;
+        writeln!(f, "  throughput tetherd/baseline: {:.2}", self.throughput_ratio)?;
+        usage_line(f, "baseline", &self.baseline)?;
+        usage_line(f, "tetherd", &self.tetherd)?;
+        writeln!(
+            f,
+            "  vehicles connected in {:.2} s; fields applied {}",
+            self.connect_seconds, self.vehicle_fields_applied
+        )?;
+        write!(f, "  durability: {}", self.durability)
+    }
+}
+
+impl fmt::Display for FanOutReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "fan-out: one write to each of {} vehicles ({} connections), {} in flight, wait {}, {} client channels ({} cores)",
+            self.vehicles, self.connections, self.concurrency, self.wait, self.channels, self.cores
+        )?;
+        writeln!(f, "{}", LoadFigures::header())?;
+        writeln!(f, "{}", self.load)?;
+        writeln!(
+            f,
+            "  all answered in {:.3} s; every vehicle applied in {:.3} s ({:.0} vehicles/s); reached {} of {}",
+            self.all_answered_seconds,
+            self.all_applied_seconds,
+            self.applied_per_second,
+            self.vehicles_reached,
+            self.vehicles
+        )?;
+        write!(
+            f,
+            "  tetherd RSS {} KiB, CPU {}; bench CPU {:.0}%; vehicles connected in {:.2} s",
+            self.server.rss_kib,
+            self.server.cpu.summary(),
+            self.bench_cpu_percent,
+            self.connect_seconds
+        )
+    }
+}
