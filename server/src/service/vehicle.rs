@@ -39,7 +39,7 @@ use crate::trace::Traces;
 /// previous one was acknowledged), heartbeats (dropped when full) and a goodbye.
 const OUTBOUND: usize = 4;
 
-type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+type Outbound = mpsc::Sender<OutboundItem>;
 
 /// The vehicle-facing service.
 #[derive(Clone)]
@@ -79,15 +79,33 @@ impl VehicleApi {
 
 #[tonic::async_trait]
 impl VehicleService for VehicleApi {
-    type ConnectStream = ReceiverStream<Result<ServerMessage, Status>>;
+    type ConnectStream =
+        futures::stream::Map<ReceiverStream<OutboundItem>, fn(OutboundItem) -> Result<ServerMessage, Status>>;
 
     async fn connect(&self, req: Request<Streaming<VehicleMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let identity = req.extensions().get::<Arc<PeerIdentity>>().cloned();
         let session = Session { api: self.clone(), identity };
         self.tasks.spawn(session.run(req.into_inner(), tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let unbox: fn(OutboundItem) -> Result<ServerMessage, Status> = |item| item.map(|m| *m).map_err(|s| *s);
+        Ok(Response::new(futures::StreamExt::map(ReceiverStream::new(rx), unbox)))
     }
+}
+
+/// What the session task queues for its stream, boxed: a tokio channel
+/// allocates its first block of 32 slots up front, and an unboxed
+/// `Result<ServerMessage, Status>` made that ≈ 2.9 KiB per idle vehicle
+/// (heaptrack, 2,000 sessions); boxed, 32 pointers.
+type OutboundItem = Result<Box<ServerMessage>, Box<Status>>;
+
+/// A message for the stream.
+fn ok(message: ServerMessage) -> OutboundItem {
+    Ok(Box::new(message))
+}
+
+/// The status that ends the stream.
+fn fail(status: impl Into<Status>) -> OutboundItem {
+    Err(Box::new(status.into()))
 }
 
 struct Session {
@@ -131,13 +149,13 @@ impl Session {
             Err(_) => {
                 failed(HandshakeFailure::Timeout);
                 let msg = format!("no Hello within {:?}", config.handshake_timeout);
-                let _ = tx.send(Err(Status::deadline_exceeded(msg))).await;
+                let _ = tx.send(fail(Status::deadline_exceeded(msg))).await;
                 return;
             }
             Ok(Err(status)) => {
                 failed(HandshakeFailure::Stream);
                 if let End::Error(status) = inbound_error(status) {
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.send(fail(status)).await;
                 }
                 return;
             }
@@ -145,34 +163,34 @@ impl Session {
             Ok(Ok(Some(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }))) => hello,
             Ok(Ok(Some(_))) => {
                 failed(HandshakeFailure::NotHello);
-                let _ = tx.send(Err(Status::invalid_argument("the first message of a session must be Hello"))).await;
+                let _ = tx.send(fail(Status::invalid_argument("the first message of a session must be Hello"))).await;
                 return;
             }
         };
         if let Err(e) = validate_vehicle_id(&hello.vehicle_id) {
             failed(HandshakeFailure::InvalidVehicleId);
-            let _ = tx.send(Err(e.into())).await;
+            let _ = tx.send(fail(e)).await;
             return;
         }
         if let Some(identity) = self.identity.as_ref().filter(|i| i.name != hello.vehicle_id) {
             tracing::warn!(certificate = %identity.name, hello = %hello.vehicle_id, "refused: Hello names another vehicle");
             failed(HandshakeFailure::WrongVehicle);
             let e = ApiError::WrongVehicle { certificate: identity.name.clone(), hello: hello.vehicle_id.clone() };
-            let _ = tx.send(Err(e.into())).await;
+            let _ = tx.send(fail(e)).await;
             return;
         }
         let actual = match read_actual(hub, hello.actual.as_ref()) {
             Ok(actual) => actual,
             Err(e) => {
                 failed(HandshakeFailure::InvalidState);
-                let _ = tx.send(Err(Status::invalid_argument(format!("Hello.actual: {e}")))).await;
+                let _ = tx.send(fail(Status::invalid_argument(format!("Hello.actual: {e}")))).await;
                 return;
             }
         };
         if self.api.draining.is_cancelled() {
             failed(HandshakeFailure::Draining);
             let retry = "connect to another node or retry after the restart".to_string();
-            let _ = tx.send(Err(ApiError::ShuttingDown(retry).into())).await;
+            let _ = tx.send(fail(ApiError::ShuttingDown(retry))).await;
             return;
         }
         let results = read_results(hub, hello.results);
@@ -210,11 +228,11 @@ impl Session {
                     });
                     let goodbye = pb::Goodbye { reason: reason as i32, message, reconnect_after };
                     let msg = ServerMessage { kind: Some(server_message::Kind::Goodbye(goodbye)) };
-                    let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(Ok(msg))).await;
+                    let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(ok(msg))).await;
                 }
                 End::Error(status) => {
                     tracing::info!(code = ?status.code(), message = status.message(), "session ended with an error");
-                    let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(Err(status))).await;
+                    let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(fail(status))).await;
                 }
                 End::Quiet => tracing::info!("session closed by the vehicle"),
             }
@@ -240,7 +258,7 @@ impl Session {
             server_time: Some(ts(SystemTime::now())),
             desired_generation: cell.lock().record.generation,
         };
-        if tx.send(Ok(ServerMessage { kind: Some(server_message::Kind::Welcome(welcome)) })).await.is_err() {
+        if tx.send(ok(ServerMessage { kind: Some(server_message::Kind::Welcome(welcome)) })).await.is_err() {
             return End::Quiet;
         }
         let mut changes = cell.subscribe();
@@ -316,7 +334,7 @@ impl Session {
                     sequence += 1;
                     let beat = pb::Heartbeat { sequence, sent_at: Some(ts(SystemTime::now())), answers: 0 };
                     // A full buffer means the vehicle is not reading: skip the beat.
-                    let _ = tx.try_send(Ok(ServerMessage { kind: Some(server_message::Kind::Heartbeat(beat)) }));
+                    let _ = tx.try_send(ok(ServerMessage { kind: Some(server_message::Kind::Heartbeat(beat)) }));
                 }
             }
         }
@@ -380,7 +398,7 @@ impl Session {
         tracing::debug!(generation = snapshot.generation, fields = snapshot.fields.len(), "snapshot sent");
         // Capacity was checked under the lock and this task is the only sender
         // of snapshots, so this cannot fail for lack of room.
-        let _ = tx.try_send(Ok(ServerMessage { kind: Some(server_message::Kind::Desired(desired)) }));
+        let _ = tx.try_send(ok(ServerMessage { kind: Some(server_message::Kind::Desired(desired)) }));
     }
 
     fn handle(&self, cell: &VehicleCell, session_id: u64, msg: VehicleMessage) -> Result<(), End> {
