@@ -15,6 +15,21 @@ pub use app::ControlApi;
 pub use status::ApiError;
 pub use vehicle::VehicleApi;
 
+/// Largest page of a paged RPC (ListVehicles, ListAuditRecords).
+const MAX_PAGE: u32 = 1000;
+/// The page of a request that asks for none in particular.
+const DEFAULT_PAGE: usize = 100;
+
+/// A request's `page_size` as a count: 0 is the default, above
+/// [`MAX_PAGE`] is refused.
+fn page_size(requested: u32) -> Result<usize, ApiError> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE),
+        n if n > MAX_PAGE => Err(ApiError::InvalidArgument(format!("page_size must be at most {MAX_PAGE}"))),
+        n => Ok(n as usize),
+    }
+}
+
 /// Checks a vehicle id: 1 to 64 characters of `[A-Za-z0-9._:-]`, starting
 /// with a letter or digit.
 pub fn validate_vehicle_id(id: &str) -> Result<(), ApiError> {

@@ -34,8 +34,6 @@ fn principal<T>(req: &Request<T>) -> Result<Arc<Principal>, ApiError> {
 
 /// Longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 128;
-/// Largest page of ListVehicles.
-const MAX_PAGE: u32 = 1000;
 const PAGE_TOKEN_PREFIX: &str = "after:";
 
 /// The app-facing service.
@@ -72,26 +70,27 @@ impl ControlApi {
         let (cell, write) = match self.prepare(&principal, &req, traceparent, now, &mut draft) {
             Ok(prepared) => prepared,
             Err(e) => {
-                audit::file_refusal(&self.hub, &draft, &e);
+                audit::file_refusal(&self.hub, draft, &e);
                 return Err(e);
             }
         };
         let limits = self.hub.key_limits;
         let (result, durable) = self.hub.update_audited(&cell, |inner| {
-            let refuse = |e: ApiError| {
-                let entry = draft.refused(&e);
-                (Err(e), Change::NONE, Some(entry))
+            let written = if req.require_online && !inner.presence.online() {
+                Err(ApiError::Offline(req.vehicle_id.clone()))
+            } else {
+                inner.record.write(write, now, limits).map_err(ApiError::from)
             };
-            if req.require_online && !inner.presence.online() {
-                return refuse(ApiError::Offline(req.vehicle_id.clone()));
-            }
-            match inner.record.write(write, now, limits) {
+            match written {
                 Ok(r) => {
                     let change = Change { desired: r.changed, status: r.changed, ..Change::NONE };
                     let entry = draft.accepted(r.generation, r.replayed);
                     (Ok(r), change, Some(entry))
                 }
-                Err(e) => refuse(e.into()),
+                Err(e) => {
+                    let entry = draft.refused(&e);
+                    (Err(e), Change::NONE, Some(entry))
+                }
             }
         });
         // A refusal's audit record is not waited for.
@@ -234,10 +233,7 @@ impl ControlApi {
 
     fn list(&self, principal: &Principal, req: pb::ListVehiclesRequest) -> Result<pb::ListVehiclesResponse, ApiError> {
         authz::may_list(principal)?;
-        if req.page_size > MAX_PAGE {
-            return Err(ApiError::InvalidArgument(format!("page_size must be at most {MAX_PAGE}")));
-        }
-        let size = if req.page_size == 0 { 100 } else { req.page_size as usize };
+        let size = super::page_size(req.page_size)?;
         let after = if req.page_token.is_empty() {
             String::new()
         } else {
@@ -284,8 +280,13 @@ impl ControlApi {
         // A malformed id has no vehicle to file the call's audit record under.
         validate_vehicle_id(&req.vehicle_id)?;
         let draft = AuditDraft::cancel(&principal.subject, &req);
-        let checked = self.check_cancel(principal, &req);
-        let (cell, paths) = checked.inspect_err(|e| audit::file_refusal(&self.hub, &draft, e))?;
+        let (cell, paths) = match self.check_cancel(principal, &req) {
+            Ok(checked) => checked,
+            Err(e) => {
+                audit::file_refusal(&self.hub, draft, &e);
+                return Err(e);
+            }
+        };
         let now = SystemTime::now();
         let ((cancelled, generation), _) = self.hub.update_audited(&cell, |inner| {
             let cancelled = inner.record.cancel((!paths.is_empty()).then_some(&paths[..]), now);

@@ -19,12 +19,10 @@ use super::status::ApiError;
 use crate::hub::Hub;
 use crate::store::AuditEntry;
 
-/// Largest page of ListAuditRecords.
-pub(crate) const MAX_PAGE: u32 = 1000;
 const PAGE_TOKEN_PREFIX: &str = "before:";
 
 /// A record being written for one call: what was asked, before the outcome.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct AuditDraft {
     record: pb::AuditRecord,
 }
@@ -68,45 +66,43 @@ impl AuditDraft {
     }
 
     /// The record of an accepted (or replayed) call at `generation`.
-    pub(crate) fn accepted(&self, generation: u64, replayed: bool) -> AuditEntry {
+    pub(crate) fn accepted(self, generation: u64, replayed: bool) -> AuditEntry {
         let outcome = if replayed { pb::AuditOutcome::Replayed } else { pb::AuditOutcome::Accepted };
-        self.finish(pb::AuditRecord { outcome: outcome as i32, generation, ..self.record.clone() })
+        finish(pb::AuditRecord { outcome: outcome as i32, generation, ..self.record })
     }
 
     /// The record of a refused call: the code and message the caller gets.
-    pub(crate) fn refused(&self, error: &ApiError) -> AuditEntry {
-        self.finish(pb::AuditRecord {
+    pub(crate) fn refused(self, error: &ApiError) -> AuditEntry {
+        finish(pb::AuditRecord {
             outcome: pb::AuditOutcome::Refused as i32,
             code: error.code() as i32,
             message: error.to_string(),
-            ..self.record.clone()
+            ..self.record
         })
-    }
-
-    fn finish(&self, mut record: pb::AuditRecord) -> AuditEntry {
-        let at = SystemTime::now();
-        record.recorded_at = Some(ts(at));
-        AuditEntry { vehicle: Arc::from(record.vehicle_id.as_str()), at, record: Bytes::from(record.encode_to_vec()) }
     }
 }
 
+/// The entry of a decided call, stamped now.
+fn finish(mut record: pb::AuditRecord) -> AuditEntry {
+    let at = SystemTime::now();
+    record.recorded_at = Some(ts(at));
+    AuditEntry { vehicle: Arc::from(record.vehicle_id.as_str()), at, record: Bytes::from(record.encode_to_vec()) }
+}
+
 /// Files a refusal that was decided without a vehicle's lock; not waited for.
-pub(crate) fn file_refusal(hub: &Hub, draft: &AuditDraft, error: &ApiError) {
+pub(crate) fn file_refusal(hub: &Hub, draft: AuditDraft, error: &ApiError) {
     drop(hub.store().audit(draft.refused(error)));
 }
 
 /// A page of `vehicle`'s trail, newest first. Reads the store on a blocking
-/// thread: a page is at most [`MAX_PAGE`] records.
+/// thread: a page is at most 1000 records.
 pub(crate) async fn page(
     hub: &Arc<Hub>,
     vehicle: &str,
     page_size: u32,
     page_token: &str,
 ) -> Result<pb::ListAuditRecordsResponse, ApiError> {
-    if page_size > MAX_PAGE {
-        return Err(ApiError::InvalidArgument(format!("page_size must be at most {MAX_PAGE}")));
-    }
-    let size = if page_size == 0 { 100 } else { page_size as usize };
+    let size = super::page_size(page_size)?;
     let before = if page_token.is_empty() {
         None
     } else {
