@@ -18,7 +18,7 @@ use tether_sdk::pb::state::v1::{Charging, Climate, Doors, Trunk, VehicleState, W
 use tether_sdk::{Agent, AgentHandle, LockState, OpenState, RawState, StateSchema, Tls};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::faults::{FaultCounters, Faults};
 use crate::proxy::FaultProxy;
@@ -162,10 +162,11 @@ impl Fleet {
                 }
                 None => config.server.clone(),
             };
-            let channel = match &config.tls {
-                Some(tls) => tether_sdk::lazy_channel(&url, Some(&tls.for_vehicle(&vehicle_id(first), &host)?))?,
-                None => channel(&url)?,
-            };
+            // The SDK's own connection settings (connect within 5 s; HTTP/2
+            // keepalive every 20 s, answered within 10 s), so a dead link is
+            // noticed even when idle.
+            let tls = config.tls.as_ref().map(|tls| tls.for_vehicle(&vehicle_id(first), &host)).transpose()?;
+            let channel = tether_sdk::lazy_channel(&url, tls.as_ref())?;
             fleet.connections += 1;
             let last = (first + config.per_connection).min(config.vehicles);
             for index in first..last {
@@ -243,19 +244,6 @@ impl Fleet {
         observers.wait().await;
         stats.status(0, vehicles, faults.read())
     }
-}
-
-/// A lazily connecting channel with the SDK's own connection settings
-/// (connect within 5 s; HTTP/2 keepalive every 20 s, answered within 10 s),
-/// so a dead link is noticed even when idle.
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("{url:?} is not a valid URL"))?;
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect_lazy())
 }
 
 /// A parked car's actual state: windows closed, doors locked, trunk and
