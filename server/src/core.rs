@@ -7,7 +7,7 @@
 mod idempotency;
 mod record;
 
-pub use idempotency::{IdempotencyEntry, IdempotencyLog};
+pub use idempotency::{IdempotencyEntry, IdempotencyLog, KeyChanges};
 pub use record::{
     DesiredField, FieldOutcome, FieldReport, KeyLimits, Origin, Snapshot, SnapshotField, Transition, VehicleRecord,
     Write, WriteError, WriteResult, is_final,

@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 use crate::core::{KeyLimits, VehicleRecord};
 use crate::router::Router;
 use crate::stats::Stats;
-use crate::store::{AuditEntry, Durable, Store, StoreError, decode_record, encode_record};
+use crate::store::{AuditEntry, Durable, Store, StoreError, decode_record, encode_save};
 use tether_proto::vehicle::v1::GoodbyeReason;
 
 /// What a change touched; drives saving and watch events.
@@ -193,8 +193,9 @@ impl Hub {
     ) -> Result<Self, StoreError> {
         let mut vehicles = BTreeMap::new();
         let mut expiries = BinaryHeap::new();
-        for (id, bytes) in store.load_all()? {
-            match decode_record(&id, &bytes, &schema, key_limits) {
+        for rows in store.load_all()? {
+            let id = rows.vehicle;
+            match decode_record(&id, &rows.record, &rows.keys, &schema, key_limits) {
                 Ok(record) => {
                     let cell = VehicleCell::new(id.clone(), record);
                     {
@@ -293,8 +294,9 @@ impl Hub {
             }
         }
         // Under the lock, so saves reach the store in the order of changes.
-        let durable = if change.is_stored() {
-            Some(self.store.save(cell.id.clone(), encode_record(&inner.record), audit))
+        // A write that changed no field still stored its idempotency key.
+        let durable = if change.is_stored() || inner.record.keys.has_changes() {
+            Some(self.store.save(cell.id.clone(), encode_save(&mut inner.record), audit))
         } else {
             audit.map(|entry| self.store.audit(entry))
         };

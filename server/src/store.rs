@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-pub use self::codec::{decode_record, encode_record};
+pub use self::codec::{decode_record, encode_save};
 pub use self::redb::RedbStore;
 
 /// A storage failure. Callers see UNAVAILABLE; details go to the log only.
@@ -34,16 +34,40 @@ pub struct AuditEntry {
     pub record: Bytes,
 }
 
+/// What one save writes for a vehicle: its record, and the changes of its
+/// idempotency log since the previous save (the log is stored key by key, so a
+/// save's size does not grow with the number of keys a vehicle holds).
+#[derive(Debug, Clone, Default)]
+pub struct RecordSave {
+    /// The encoded record (without its keys).
+    pub record: Bytes,
+    /// Keys to write, each with its encoded entry.
+    pub put_keys: Vec<(Arc<str>, Bytes)>,
+    /// Keys to delete.
+    pub gone_keys: Vec<Arc<str>>,
+}
+
+/// A stored vehicle as loaded: its record and its idempotency keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRows {
+    /// The vehicle.
+    pub vehicle: Arc<str>,
+    /// The encoded record.
+    pub record: Bytes,
+    /// Its keys with their encoded entries, in no particular order.
+    pub keys: Vec<(Arc<str>, Bytes)>,
+}
+
 /// Where vehicle records and the audit trail live. Implementations batch
 /// saves (group commit): many records become durable in one commit.
 pub trait Store: Send + Sync + 'static {
-    /// Every stored vehicle with its encoded record.
-    fn load_all(&self) -> Result<Vec<(Arc<str>, Bytes)>, StoreError>;
+    /// Every stored vehicle with its encoded record and keys.
+    fn load_all(&self) -> Result<Vec<StoredRows>, StoreError>;
 
-    /// Saves a vehicle's encoded record, and `audit` in the same commit; the
-    /// latest save of a vehicle wins. The returned receiver resolves when it is
-    /// durable.
-    fn save(&self, vehicle: Arc<str>, record: Bytes, audit: Option<AuditEntry>) -> Durable;
+    /// Saves a vehicle's encoded record and key changes, and `audit` in the
+    /// same commit; the latest record of a vehicle wins, key changes apply in
+    /// the order of saves. The returned receiver resolves when it is durable.
+    fn save(&self, vehicle: Arc<str>, save: RecordSave, audit: Option<AuditEntry>) -> Durable;
 
     /// Appends an audit record on its own (a call that changed no record).
     fn audit(&self, entry: AuditEntry) -> Durable;

@@ -14,10 +14,13 @@ use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{AuditEntry, Durable, Store, StoreError};
+use super::{AuditEntry, Durable, RecordSave, Store, StoreError, StoredRows};
 
 const VEHICLES: TableDefinition<&str, &[u8]> = TableDefinition::new("vehicles");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Idempotency keys by (vehicle, key) → entry: a write adds one row instead
+/// of rewriting the vehicle's whole log.
+const KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency_keys");
 /// Audit records by (vehicle, sequence): a vehicle's trail is one range.
 const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
 /// The same records by (recorded at, µs since the epoch; sequence) → vehicle:
@@ -31,7 +34,7 @@ const MAX_BATCH: usize = 4096;
 /// A vehicle's record and/or an audit record, committed together.
 struct Save {
     vehicle: Arc<str>,
-    record: Option<Bytes>,
+    record: Option<RecordSave>,
     audit: Option<AuditEntry>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -74,6 +77,7 @@ impl RedbStore {
                 meta.insert("boot_epoch", epoch).map_err(err)?;
                 let audit_seq = meta.get(AUDIT_SEQ).map_err(err)?.map_or(1, |v| v.value());
                 txn.open_table(VEHICLES).map_err(err)?;
+                txn.open_table(KEYS).map_err(err)?;
                 txn.open_table(AUDIT).map_err(err)?;
                 txn.open_table(AUDIT_AGE).map_err(err)?;
                 (epoch, audit_seq)
@@ -149,7 +153,7 @@ impl Writer<'_> {
         let mut latest: HashMap<&str, &Bytes> = HashMap::with_capacity(batch.len());
         for save in batch {
             if let Some(record) = &save.record {
-                latest.insert(&save.vehicle, record);
+                latest.insert(&save.vehicle, &record.record);
             }
         }
         let mut seq = self.audit_seq;
@@ -158,6 +162,19 @@ impl Writer<'_> {
             let mut table = txn.open_table(VEHICLES).map_err(err)?;
             for (vehicle, record) in &latest {
                 table.insert(*vehicle, record.as_ref()).map_err(err)?;
+            }
+            // Key changes in the order of saves (a later save may forget a
+            // key an earlier one added).
+            let mut keys = txn.open_table(KEYS).map_err(err)?;
+            for save in batch {
+                let Some(record) = &save.record else { continue };
+                let vehicle = save.vehicle.as_ref();
+                for key in &record.gone_keys {
+                    keys.remove((vehicle, key.as_ref())).map_err(err)?;
+                }
+                for (key, entry) in &record.put_keys {
+                    keys.insert((vehicle, key.as_ref()), entry.as_ref()).map_err(err)?;
+                }
             }
             let audits: Vec<&AuditEntry> = batch.iter().filter_map(|s| s.audit.as_ref()).collect();
             if !audits.is_empty() {
@@ -218,20 +235,30 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
-    fn load_all(&self) -> Result<Vec<(Arc<str>, Bytes)>, StoreError> {
+    fn load_all(&self) -> Result<Vec<StoredRows>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
-        let table = txn.open_table(VEHICLES).map_err(err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(err)? {
+        let mut keys: HashMap<String, Vec<(Arc<str>, Bytes)>> = HashMap::new();
+        for row in txn.open_table(KEYS).map_err(err)?.iter().map_err(err)? {
             let (k, v) = row.map_err(err)?;
-            out.push((Arc::from(k.value()), Bytes::copy_from_slice(v.value())));
+            let (vehicle, key) = k.value();
+            keys.entry(vehicle.to_string()).or_default().push((Arc::from(key), Bytes::copy_from_slice(v.value())));
+        }
+        let mut out = Vec::new();
+        for row in txn.open_table(VEHICLES).map_err(err)?.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let vehicle = k.value();
+            out.push(StoredRows {
+                vehicle: Arc::from(vehicle),
+                record: Bytes::copy_from_slice(v.value()),
+                keys: keys.remove(vehicle).unwrap_or_default(),
+            });
         }
         Ok(out)
     }
 
-    fn save(&self, vehicle: Arc<str>, record: Bytes, audit: Option<AuditEntry>) -> Durable {
+    fn save(&self, vehicle: Arc<str>, save: RecordSave, audit: Option<AuditEntry>) -> Durable {
         let (done, durable) = oneshot::channel();
-        self.send(Op::Save(Save { vehicle, record: Some(record), audit, done }));
+        self.send(Op::Save(Save { vehicle, record: Some(save), audit, done }));
         durable
     }
 
@@ -286,20 +313,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(dir.path()).unwrap();
         assert_eq!(store.boot_epoch(), 1);
-        let a = store.save("car-1".into(), Bytes::from_static(b"one"), None);
-        let b = store.save("car-1".into(), Bytes::from_static(b"two"), None);
-        let c = store.save("car-2".into(), Bytes::from_static(b"x"), None);
+        let a = store.save("car-1".into(), record(b"one", &[("k1", b"e1"), ("k2", b"e2")], &[]), None);
+        let b = store.save("car-1".into(), record(b"two", &[("k3", b"e3")], &["k1"]), None);
+        let c = store.save("car-2".into(), record(b"x", &[("k1", b"other")], &[]), None);
         for d in [a, b, c] {
             d.await.unwrap().unwrap();
         }
         store.close();
-        assert!(store.save("car-3".into(), Bytes::new(), None).await.unwrap().is_err());
+        assert!(store.save("car-3".into(), RecordSave::default(), None).await.unwrap().is_err());
         drop(store);
         let store = RedbStore::open(dir.path()).unwrap();
         assert_eq!(store.boot_epoch(), 2);
         let mut all = store.load_all().unwrap();
-        all.sort();
-        assert_eq!(all, vec![("car-1".into(), Bytes::from_static(b"two")), ("car-2".into(), Bytes::from_static(b"x"))]);
+        all.sort_by(|a, b| a.vehicle.cmp(&b.vehicle));
+        for rows in &mut all {
+            rows.keys.sort();
+        }
+        let key = |k: &str, e: &'static [u8]| (Arc::<str>::from(k), Bytes::from_static(e));
+        assert_eq!(
+            all,
+            vec![
+                StoredRows {
+                    vehicle: "car-1".into(),
+                    record: Bytes::from_static(b"two"),
+                    keys: vec![key("k2", b"e2"), key("k3", b"e3")],
+                },
+                StoredRows {
+                    vehicle: "car-2".into(),
+                    record: Bytes::from_static(b"x"),
+                    keys: vec![key("k1", b"other")]
+                },
+            ],
+            "the latest record wins; key changes of every save apply in order, per vehicle"
+        );
+    }
+
+    fn record(record: &'static [u8], put: &[(&str, &'static [u8])], gone: &[&str]) -> RecordSave {
+        RecordSave {
+            record: Bytes::from_static(record),
+            put_keys: put.iter().map(|(k, e)| (Arc::from(*k), Bytes::from_static(e))).collect(),
+            gone_keys: gone.iter().map(|k| Arc::from(*k)).collect(),
+        }
     }
 
     fn entry(vehicle: &str, at_secs: u64, text: &'static str) -> AuditEntry {
@@ -314,7 +368,7 @@ mod tests {
     async fn audit_records_page_newest_first_survive_restarts_and_age_out() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(dir.path()).unwrap();
-        let saved = store.save("car-1".into(), Bytes::from_static(b"rec"), Some(entry("car-1", 10, "a")));
+        let saved = store.save("car-1".into(), record(b"rec", &[], &[]), Some(entry("car-1", 10, "a")));
         let others = [store.audit(entry("car-2", 11, "b")), store.audit(entry("car-1", 12, "c"))];
         saved.await.unwrap().unwrap();
         for d in others {
