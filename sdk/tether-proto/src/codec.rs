@@ -1,13 +1,13 @@
 //! The gRPC codec of every tether stub: prost, with small per-stream
 //! buffers. tonic's default reserves 8 KiB to encode and 8 KiB to decode per
 //! stream; tether's messages are a few hundred bytes, and a node holds one
-//! stream per vehicle, so the buffers start at 1 KiB and grow when needed.
+//! stream per vehicle, so the buffers start at 256 bytes and grow when needed.
 
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::ProstCodec;
 
 /// Initial encode and decode buffer per stream.
-const BUFFER: usize = 1024;
+const BUFFER: usize = 256;
 /// Encoded bytes gathered before yielding to the transport (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 

@@ -82,6 +82,12 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
+                if buf.slab.is_empty() {
+                    // tether patch: no frame of any stream is queued, so no
+                    // key is held: free the slots (≈ 1.2 KiB per connection
+                    // upstream keeps after its first burst) until the next one.
+                    buf.slab = Slab::new();
+                }
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());
