@@ -40,6 +40,9 @@ pub const DURABILITY: &str = "ACCEPTED = the write and its audit record are in a
 
 /// How long the fleet's vehicles may take to report after their writes returned.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long fan-out lets tetherd settle with the fleet idle before measuring
+/// its memory (as idle-memory does).
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
 
 /// The parameters every write scenario shares.
 #[derive(Debug, Clone)]
@@ -95,6 +98,8 @@ pub struct Phase {
 /// tetherd, the baseline, the fleet and a client pool to each.
 struct Rig {
     tetherd: Tetherd,
+    /// tetherd's RSS once it served, before the fleet connected, KiB.
+    rss_before_fleet_kib: u64,
     baseline: Option<Baseline>,
     fleet: ApplyingFleet,
     to_tetherd: Writes,
@@ -114,6 +119,7 @@ impl Rig {
         options.args.extend(["--max-connections".into(), max_connections.to_string()]);
         options.args.extend(["--admin-listen".into(), "off".into()]);
         let tetherd = Tetherd::start(&options).await?;
+        let rss_before_fleet_kib = tetherd.rss_kib()?;
         let baseline = match baseline {
             Some(b) => Some(Baseline::start(b).await?),
             None => None,
@@ -126,7 +132,7 @@ impl Rig {
             Some(b) => Some(Writes::connect(&b.url(), setup.channels, ids, setup.wait, Server::Baseline).await?),
             None => None,
         };
-        Ok(Rig { tetherd, baseline, fleet, to_tetherd, to_baseline })
+        Ok(Rig { tetherd, rss_before_fleet_kib, baseline, fleet, to_tetherd, to_baseline })
     }
 
     /// The server's pid, if its figures are its own.
@@ -159,7 +165,7 @@ impl Rig {
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        let Rig { tetherd, baseline, fleet, to_tetherd, to_baseline } = self;
+        let Rig { tetherd, baseline, fleet, to_tetherd, to_baseline, .. } = self;
         drop((to_tetherd, to_baseline));
         fleet.close().await;
         if let Some(baseline) = baseline {
@@ -416,6 +422,14 @@ pub struct FanOutReport {
     pub wait: &'static str,
     /// First connect to last Welcome, seconds.
     pub connect_seconds: f64,
+    /// tetherd's RSS before the fleet connected, KiB.
+    pub rss_before_kib: u64,
+    /// tetherd's RSS with the fleet connected and idle (after a settle, before
+    /// the first write), KiB.
+    pub rss_idle_kib: u64,
+    /// (rss_idle − rss_before) ÷ vehicles: what an idle session costs, its
+    /// share of its connection included, KiB.
+    pub per_session_kib: f64,
     /// Latency per write (from its send) and counts.
     pub load: LoadFigures,
     /// First write sent → last write answered, seconds.
@@ -448,8 +462,10 @@ pub async fn fan_out(options: &TetherdOptions, config: &FanOutConfig) -> anyhow:
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let tasks = TaskTracker::new();
         let pid = rig.tetherd.pid();
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let rss_idle_kib = rig.tetherd.rss_kib()?;
         let (server_before, own_before) = (cpu::sample(pid)?, cpu::sample(std::process::id())?);
-        tracing::info!(vehicles, concurrency = config.concurrency, "fan-out");
+        tracing::info!(vehicles, concurrency = config.concurrency, rss_idle_kib, "fan-out");
         let started = Instant::now();
         for index in 0..vehicles {
             let permit = permits.clone().acquire_owned().await.context("semaphore closed")?;
@@ -492,6 +508,12 @@ pub async fn fan_out(options: &TetherdOptions, config: &FanOutConfig) -> anyhow:
             concurrency: config.concurrency,
             wait: wait_name(setup.wait),
             connect_seconds: round(rig.fleet.connect_time().as_secs_f64(), 100.0),
+            rss_before_kib: rig.rss_before_fleet_kib,
+            rss_idle_kib,
+            per_session_kib: round(
+                rss_idle_kib.saturating_sub(rig.rss_before_fleet_kib) as f64 / vehicles as f64,
+                10.0,
+            ),
             load: figures,
             all_answered_seconds: round(all_answered.as_secs_f64(), 1000.0),
             all_applied_seconds: round(all_applied.as_secs_f64(), 1000.0),
@@ -597,6 +619,11 @@ impl fmt::Display for FanOutReport {
             self.applied_per_second,
             self.vehicles_reached,
             self.vehicles
+        )?;
+        writeln!(
+            f,
+            "  idle before the writes: tetherd RSS {} KiB ({} KiB before the fleet): {:.1} KiB per session",
+            self.rss_idle_kib, self.rss_before_kib, self.per_session_kib
         )?;
         write!(
             f,

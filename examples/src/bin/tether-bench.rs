@@ -9,6 +9,7 @@
 //! target/release/tether-bench traces --writes 2000   # latency with OTLP export off, 100%, 1%
 //! target/release/tether-bench tls --vehicles 18000    # idle-memory plaintext, then mTLS; handshakes/s
 //! target/release/tether-bench reconnect-storm --vehicles 18000   # kill -9, restart: all back and resynced
+//! target/release/tether-bench fan-out --vehicles 100000 --per-connection 100   # 100,000 sessions on 1,000 connections
 //! ```
 
 use std::net::SocketAddr;
