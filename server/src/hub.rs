@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 use crate::core::{KeyLimits, VehicleRecord};
 use crate::router::Router;
 use crate::stats::Stats;
-use crate::store::{AuditEntry, Durable, Store, StoreError, decode_record, encode_save};
+use crate::store::{AuditEntry, Durable, Store, StoreError, Urgency, decode_record, encode_save};
 use tether_proto::vehicle::v1::GoodbyeReason;
 
 /// What a change touched; drives saving and watch events.
@@ -296,7 +296,13 @@ impl Hub {
         // Under the lock, so saves reach the store in the order of changes.
         // A write that changed no field still stored its idempotency key.
         let durable = if change.is_stored() || inner.record.keys.has_changes() {
-            Some(self.store.save(cell.id.clone(), encode_save(&mut inner.record), audit))
+            let mut save = encode_save(&mut inner.record);
+            // An app's write or cancel is waited for; a vehicle's ack, report or
+            // hello is not (and is re-sent in its next Hello if lost).
+            if !change.desired && audit.is_none() && save.put_keys.is_empty() {
+                save.urgency = Urgency::Lazy;
+            }
+            Some(self.store.save(cell.id.clone(), save, audit))
         } else {
             audit.map(|entry| self.store.audit(entry))
         };

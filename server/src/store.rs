@@ -45,6 +45,21 @@ pub struct RecordSave {
     pub put_keys: Vec<(Arc<str>, Bytes)>,
     /// Keys to delete.
     pub gone_keys: Vec<Arc<str>>,
+    /// How soon it must be durable.
+    pub urgency: Urgency,
+}
+
+/// How soon a save must be durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Urgency {
+    /// A caller waits for it (an app's write or cancel): committed at once,
+    /// with whatever is queued.
+    #[default]
+    Now,
+    /// No one waits for it (a vehicle's acknowledgement, report or hello,
+    /// which the vehicle re-sends in its next Hello if a crash loses it): may
+    /// wait a few milliseconds to share a commit with other saves.
+    Lazy,
 }
 
 /// A stored vehicle as loaded: its record and its idempotency keys.

@@ -35,8 +35,8 @@ pub const DURABILITY: &str = "ACCEPTED = the write and its audit record are in a
      Durability::Immediate (one-phase commit with checksums: the data and then the header written and one \
      fdatasync) by the store's single writer thread, which folds every save queued behind the first (up to 4,096) \
      into one commit (group commit); tetherd answers or delivers only after that commit returned. The ack \
-     (DELIVERED) and report (APPLIED) are saved through the same writer, but a waiting call does not wait for \
-     those saves.";
+     (DELIVERED) and report (APPLIED) are saved through the same writer as lazy saves (committed with the next \
+     write, or within 10 ms), and a waiting call does not wait for those saves.";
 
 /// How long the fleet's vehicles may take to report after their writes returned.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -95,10 +95,8 @@ impl ControlApi {
         });
         // A refusal's audit record is not waited for.
         let result = result?;
-        if let Some(durable) = durable {
-            // ACCEPTED means on disk, with its audit record.
-            durable.await.map_err(|_| crate::store::StoreError("the store stopped".into()))??;
-        }
+        // ACCEPTED means on disk, with its audit record.
+        on_disk(durable).await?;
         self.hub.stats.write(if result.replayed { WriteOutcome::Replayed } else { WriteOutcome::Accepted });
         let level = pb::WaitLevel::try_from(req.wait).unwrap_or(pb::WaitLevel::Unspecified);
         let outcomes = match level {
@@ -272,7 +270,7 @@ impl ControlApi {
         Ok(pb::ListVehiclesResponse { vehicles, next_page_token })
     }
 
-    fn cancel(
+    async fn cancel(
         &self,
         principal: &Principal,
         req: pb::CancelDesiredRequest,
@@ -288,13 +286,15 @@ impl ControlApi {
             }
         };
         let now = SystemTime::now();
-        let ((cancelled, generation), _) = self.hub.update_audited(&cell, |inner| {
+        let ((cancelled, generation), durable) = self.hub.update_audited(&cell, |inner| {
             let cancelled = inner.record.cancel((!paths.is_empty()).then_some(&paths[..]), now);
             let changed = !cancelled.is_empty();
             let entry = draft.accepted(inner.record.generation, false);
             let change = Change { desired: changed, status: changed, ..Change::NONE };
             ((cancelled, inner.record.generation), change, Some(entry))
         });
+        // As for a write: the answer means the cancel and its audit record are on disk.
+        on_disk(durable).await?;
         Ok(pb::CancelDesiredResponse { generation, cancelled: cancelled.iter().map(convert::outcome).collect() })
     }
 
@@ -484,7 +484,7 @@ impl ControlService for ControlApi {
         req: Request<pb::CancelDesiredRequest>,
     ) -> Result<Response<pb::CancelDesiredResponse>, Status> {
         let principal = principal(&req)?;
-        Ok(Response::new(self.cancel(&principal, req.into_inner())?))
+        Ok(Response::new(self.cancel(&principal, req.into_inner()).await?))
     }
 
     async fn list_audit_records(
@@ -518,4 +518,12 @@ fn change_kinds(last: Option<Versions>, now: Versions) -> Vec<i32> {
         now.presence != last.presence,
     ];
     all.iter().zip(diffs).filter(|(_, d)| *d).map(|(k, _)| *k as i32).collect()
+}
+
+/// Waits until a save (if any) is durable.
+async fn on_disk(durable: Option<crate::store::Durable>) -> Result<(), ApiError> {
+    if let Some(durable) = durable {
+        durable.await.map_err(|_| crate::store::StoreError("the store stopped".into()))??;
+    }
+    Ok(())
 }

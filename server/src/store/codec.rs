@@ -10,7 +10,7 @@ use bytes::Bytes;
 use prost::Message;
 use tether_proto::StateSchema;
 
-use super::RecordSave;
+use super::{RecordSave, Urgency};
 use crate::core::{DesiredField, FieldStatus, IdempotencyEntry, KeyLimits, Origin, VehicleRecord};
 
 #[derive(Clone, PartialEq, Message)]
@@ -89,6 +89,7 @@ pub fn encode_save(record: &mut VehicleRecord) -> RecordSave {
         record: encode_record(record),
         put_keys: changes.put.into_iter().map(|(key, entry)| (key, encode_key(&entry))).collect(),
         gone_keys: changes.gone,
+        urgency: Urgency::Now,
     }
 }
 

@@ -14,7 +14,7 @@ use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{AuditEntry, Durable, RecordSave, Store, StoreError, StoredRows};
+use super::{AuditEntry, Durable, RecordSave, Store, StoreError, StoredRows, Urgency};
 
 const VEHICLES: TableDefinition<&str, &[u8]> = TableDefinition::new("vehicles");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -30,6 +30,11 @@ const AUDIT_AGE: TableDefinition<(u64, u64), &str> = TableDefinition::new("audit
 const AUDIT_SEQ: &str = "audit_seq";
 /// Most saves folded into one commit.
 const MAX_BATCH: usize = 4096;
+/// Longest a batch of only [`Urgency::Lazy`] saves waits for more saves
+/// before it is committed: a vehicle's ack and report then share one commit
+/// (and one record write) instead of taking one each, and a write arriving
+/// meanwhile does not queue behind their fsync.
+const LAZY_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A vehicle's record and/or an audit record, committed together.
 struct Save {
@@ -37,6 +42,17 @@ struct Save {
     record: Option<RecordSave>,
     audit: Option<AuditEntry>,
     done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Save {
+    fn urgency(&self) -> Urgency {
+        match &self.record {
+            Some(record) => record.urgency,
+            // An audit record on its own: a refusal, which no one waits for,
+            // but which is committed as promptly as before.
+            None => Urgency::Now,
+        }
+    }
 }
 
 /// What the writer thread is asked to do.
@@ -126,16 +142,29 @@ impl Writer<'_> {
                     continue;
                 }
             };
-            // Fold the saves queued behind it into one commit; a prune ends the batch.
+            // Fold the saves queued behind it into one commit; a prune ends the
+            // batch. Only lazy saves so far: wait (bounded) for more.
+            let mut urgent = first.urgency() == Urgency::Now;
+            let lazy_until = std::time::Instant::now() + LAZY_WINDOW;
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Op::Save(save)) => batch.push(save),
-                    Ok(prune) => {
+                let next = if urgent {
+                    rx.try_recv().ok()
+                } else {
+                    rx.recv_timeout(lazy_until.saturating_duration_since(std::time::Instant::now())).ok()
+                };
+                match next {
+                    Some(Op::Save(save)) => {
+                        urgent |= save.urgency() == Urgency::Now;
+                        batch.push(save);
+                    }
+                    Some(prune) => {
                         pending = Some(prune);
                         break;
                     }
-                    Err(_) => break,
+                    // Nothing more queued, the window ended, or the store closed
+                    // (the next `recv` then ends the thread).
+                    None => break,
                 }
             }
             let result = self.commit(&batch);
@@ -348,11 +377,38 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn lazy_saves_become_durable_and_close_commits_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let lazy = |bytes| RecordSave { urgency: Urgency::Lazy, ..record(bytes, &[], &[]) };
+        // A lazy save alone resolves (after its window); one followed by an
+        // urgent save shares its commit.
+        store.save("car-1".into(), lazy(b"ack"), None).await.unwrap().unwrap();
+        let report = store.save("car-2".into(), lazy(b"report"), None);
+        let write = store.save("car-3".into(), record(b"write", &[], &[]), None);
+        write.await.unwrap().unwrap();
+        report.await.unwrap().unwrap();
+        // Closing commits a lazy save nobody waited for.
+        let unawaited = store.save("car-1".into(), lazy(b"report"), None);
+        store.close();
+        assert!(unawaited.await.unwrap().is_ok());
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        let mut all: Vec<(String, Bytes)> =
+            store.load_all().unwrap().into_iter().map(|r| (r.vehicle.to_string(), r.record)).collect();
+        all.sort();
+        let want = [("car-1", &b"report"[..]), ("car-2", b"report"), ("car-3", b"write")]
+            .map(|(v, r)| (v.to_string(), Bytes::from_static(r)));
+        assert_eq!(all, want);
+    }
+
     fn record(record: &'static [u8], put: &[(&str, &'static [u8])], gone: &[&str]) -> RecordSave {
         RecordSave {
             record: Bytes::from_static(record),
             put_keys: put.iter().map(|(k, e)| (Arc::from(*k), Bytes::from_static(e))).collect(),
             gone_keys: gone.iter().map(|k| Arc::from(*k)).collect(),
+            urgency: Urgency::Now,
         }
     }
 
