@@ -145,7 +145,7 @@ impl Session {
         let hub = &self.api.hub;
         let config = &self.api.config;
         let failed = |why| hub.stats.handshake_failed(why);
-        let hello = match tokio::time::timeout(config.handshake_timeout, inbound.message()).await {
+        let mut hello = match tokio::time::timeout(config.handshake_timeout, inbound.message()).await {
             Err(_) => {
                 failed(HandshakeFailure::Timeout);
                 let msg = format!("no Hello within {:?}", config.handshake_timeout);
@@ -160,6 +160,9 @@ impl Session {
                 return;
             }
             Ok(Ok(None)) => return failed(HandshakeFailure::Stream),
+            // `hello` lives as long as the session (for its agent version): its
+            // actual state, a view into the stream's decode buffer, is taken
+            // out below so the session does not keep that buffer alive.
             Ok(Ok(Some(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }))) => hello,
             Ok(Ok(Some(_))) => {
                 failed(HandshakeFailure::NotHello);
@@ -179,7 +182,7 @@ impl Session {
             let _ = tx.send(fail(e)).await;
             return;
         }
-        let actual = match read_actual(hub, hello.actual.as_ref()) {
+        let actual = match read_actual(hub, hello.actual.take().as_ref()) {
             Ok(actual) => actual,
             Err(e) => {
                 failed(HandshakeFailure::InvalidState);
