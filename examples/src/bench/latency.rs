@@ -12,6 +12,7 @@ use tether_sdk::{Agent, AgentEvent, Client, FieldStatus, Patch, WaitLevel, Windo
 use tokio::time::Instant;
 
 use super::Tetherd;
+use super::load::Percentiles;
 use crate::sim::SimCapability;
 
 /// The benchmark vehicle.
@@ -37,18 +38,9 @@ pub struct LatencyReport {
     pub scenario: &'static str,
     /// Measured writes.
     pub writes: usize,
-    /// Median latency, µs.
-    pub p50_us: u64,
-    /// 90th percentile, µs.
-    pub p90_us: u64,
-    /// 99th percentile, µs.
-    pub p99_us: u64,
-    /// 99.9th percentile, µs.
-    pub p999_us: u64,
-    /// Slowest write, µs.
-    pub max_us: u64,
-    /// Mean latency, µs.
-    pub mean_us: f64,
+    /// Latency per write, from the call to its answer.
+    #[serde(flatten)]
+    pub percentiles: Percentiles,
     /// Writes completed per second (one at a time).
     pub writes_per_second: f64,
     /// Cores of the machine (server, agent and app share them).
@@ -111,12 +103,7 @@ pub async fn run(server: &Tetherd, config: &LatencyConfig) -> anyhow::Result<Lat
     Ok(LatencyReport {
         scenario: "latency",
         writes: config.writes,
-        p50_us: histogram.value_at_quantile(0.50),
-        p90_us: histogram.value_at_quantile(0.90),
-        p99_us: histogram.value_at_quantile(0.99),
-        p999_us: histogram.value_at_quantile(0.999),
-        max_us: histogram.max(),
-        mean_us: round1(histogram.mean()),
+        percentiles: Percentiles::of(&histogram),
         writes_per_second: round1(config.writes as f64 / elapsed.as_secs_f64()),
         cores: super::cores(),
     })
@@ -136,16 +123,13 @@ impl fmt::Display for LatencyReport {
             self.writes, self.cores
         )?;
         writeln!(f, "  {:<12} {:>14}", "metric", "value")?;
-        for (name, value) in [
-            ("p50", self.p50_us),
-            ("p90", self.p90_us),
-            ("p99", self.p99_us),
-            ("p99.9", self.p999_us),
-            ("max", self.max_us),
-        ] {
+        let p = &self.percentiles;
+        for (name, value) in
+            [("p50", p.p50_us), ("p90", p.p90_us), ("p99", p.p99_us), ("p99.9", p.p999_us), ("max", p.max_us)]
+        {
             writeln!(f, "  {name:<12} {:>14}", ms(value))?;
         }
-        writeln!(f, "  {:<12} {:>14}", "mean", format!("{:.3} ms", self.mean_us / 1000.0))?;
+        writeln!(f, "  {:<12} {:>14}", "mean", format!("{:.3} ms", p.mean_us / 1000.0))?;
         write!(f, "  {:<12} {:>14}", "throughput", format!("{:.0} writes/s", self.writes_per_second))
     }
 }

@@ -136,6 +136,38 @@ pub enum Outcome {
     Error(String),
 }
 
+/// Latency percentiles of a run's writes, µs (in a report's JSON line as its
+/// own `p50_us` .. `mean_us` fields).
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    /// Median, µs.
+    pub p50_us: u64,
+    /// 90th percentile, µs.
+    pub p90_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile, µs.
+    pub p999_us: u64,
+    /// Slowest write, µs.
+    pub max_us: u64,
+    /// Mean, µs (to one decimal).
+    pub mean_us: f64,
+}
+
+impl Percentiles {
+    /// The percentiles of `histogram` (in µs).
+    pub fn of(histogram: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        Percentiles {
+            p50_us: histogram.value_at_quantile(0.50),
+            p90_us: histogram.value_at_quantile(0.90),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+            mean_us: round(histogram.mean(), 10.0),
+        }
+    }
+}
+
 /// Latency percentiles and counts of one load phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadFigures {
@@ -155,18 +187,9 @@ pub struct LoadFigures {
     pub seconds: f64,
     /// Answered writes per second over `seconds`.
     pub writes_per_second: f64,
-    /// Median latency, µs (open loop: from the scheduled send time).
-    pub p50_us: u64,
-    /// 90th percentile, µs.
-    pub p90_us: u64,
-    /// 99th percentile, µs.
-    pub p99_us: u64,
-    /// 99.9th percentile, µs.
-    pub p999_us: u64,
-    /// Slowest write, µs.
-    pub max_us: u64,
-    /// Mean, µs.
-    pub mean_us: f64,
+    /// Latency per write (open loop: from the scheduled send time).
+    #[serde(flatten)]
+    pub percentiles: Percentiles,
     /// Open loop: how late the generator itself dispatched writes (scheduled
     /// time → the write's task running), 99th percentile, µs.
     pub send_lag_p99_us: Option<u64>,
@@ -255,12 +278,7 @@ impl Recorder {
             first_error: self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             seconds: round(seconds, 1000.0),
             writes_per_second: round((reached + not_reached) as f64 / seconds.max(1e-6), 1.0),
-            p50_us: latency.value_at_quantile(0.50),
-            p90_us: latency.value_at_quantile(0.90),
-            p99_us: latency.value_at_quantile(0.99),
-            p999_us: latency.value_at_quantile(0.999),
-            max_us: latency.max(),
-            mean_us: round(latency.mean(), 10.0),
+            percentiles: Percentiles::of(&latency),
             send_lag_p99_us: open_loop.then(|| lag.value_at_quantile(0.99)),
             send_lag_max_us: open_loop.then(|| lag.max()),
         }
@@ -396,11 +414,11 @@ impl LoadFigures {
             "  {:<9} {:>9.0} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}",
             self.server,
             self.writes_per_second,
-            ms(self.p50_us),
-            ms(self.p90_us),
-            ms(self.p99_us),
-            ms(self.p999_us),
-            ms(self.max_us),
+            ms(self.percentiles.p50_us),
+            ms(self.percentiles.p90_us),
+            ms(self.percentiles.p99_us),
+            ms(self.percentiles.p999_us),
+            ms(self.percentiles.max_us),
             self.errors + self.not_reached,
         )
     }

@@ -132,9 +132,9 @@ impl fmt::Display for TracesReport {
                 "  {:<8} {:>12.1} {:>10.3} {:>10.3} {:>10.3} {:>8}",
                 row.export,
                 row.latency.writes_per_second,
-                ms(row.latency.p50_us),
-                ms(row.latency.p99_us),
-                ms(row.latency.max_us),
+                ms(row.latency.percentiles.p50_us),
+                ms(row.latency.percentiles.p99_us),
+                ms(row.latency.percentiles.max_us),
                 row.spans_received
             )?;
         }
