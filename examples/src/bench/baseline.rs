@@ -13,7 +13,10 @@
 //!
 //! [`serve`] is what `tether-bench baseline-server` runs, as a child process
 //! of the benchmark ([`Baseline::start`]) so server and load generator are
-//! split as they are for tetherd.
+//! split as they are for tetherd. With [`Baseline::start_tls`] it serves
+//! mutual TLS through tonic's own `ServerTlsConfig` (the server certificate,
+//! and client certificates required from the given CA), as a bare tonic
+//! server with mTLS would.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,8 +37,11 @@ use tether_sdk::pb::vehicle::v1::{DesiredState, Heartbeat, ServerMessage, Vehicl
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::{Certificate, Identity};
 use tonic::{Request, Response, Status, Streaming};
+
+use super::pki::ServerFiles;
 
 /// The line the server prints on stdout once it listens, before the address.
 pub const LISTENING: &str = "tether-bench baseline-server: listening on ";
@@ -129,19 +135,29 @@ fn echo(message: VehicleMessage, session_id: u64) -> ServerMessage {
     ServerMessage { kind }
 }
 
-/// Serves both echoes on `listen` until `stop` resolves; calls `listening`
-/// with the bound address first.
+/// Serves both echoes on `listen` until `stop` resolves, over mutual TLS
+/// with `tls`'s files if given; calls `listening` with the bound address
+/// first.
 pub async fn serve(
     listen: SocketAddr,
+    tls: Option<&ServerFiles>,
     listening: impl FnOnce(SocketAddr),
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = tls {
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?))
+            .client_ca_root(Certificate::from_pem(read(&files.client_ca)?));
+        builder = builder.tls_config(config).context("bad TLS configuration")?;
+    }
     // tonic's own defaults when it binds (`Server::serve`): TCP_NODELAY on,
     // no TCP keepalive.
     let incoming = TcpIncoming::bind(listen).with_context(|| format!("cannot bind {listen}"))?.with_nodelay(Some(true));
     let addr = incoming.local_addr().context("no local address")?;
     listening(addr);
-    tonic::transport::Server::builder()
+    builder
         .add_service(ControlServiceServer::new(UnaryEcho))
         .add_service(VehicleServiceServer::new(BidiEcho::default()))
         .serve_with_incoming_shutdown(incoming, stop)
@@ -149,10 +165,11 @@ pub async fn serve(
         .context("the baseline server failed")
 }
 
-/// The body of `tether-bench baseline-server`: serves on `listen`, prints
-/// [`LISTENING`] and the address on stdout, and stops when stdin closes (so
-/// it never outlives the benchmark that started it, however that ends).
-pub async fn serve_child(listen: SocketAddr) -> anyhow::Result<()> {
+/// The body of `tether-bench baseline-server`: serves on `listen` (over
+/// mutual TLS with `tls`), prints [`LISTENING`] and the address on stdout,
+/// and stops when stdin closes (so it never outlives the benchmark that
+/// started it, however that ends).
+pub async fn serve_child(listen: SocketAddr, tls: Option<ServerFiles>) -> anyhow::Result<()> {
     let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
     // A blocking read on a thread of its own (tokio's stdin needs a feature
     // this workspace does not enable).
@@ -164,7 +181,7 @@ pub async fn serve_child(listen: SocketAddr) -> anyhow::Result<()> {
     let stdin_closed = async move {
         let _ = stdin_closed.await;
     };
-    serve(listen, |addr| println!("{LISTENING}{addr}"), stdin_closed).await
+    serve(listen, tls.as_ref(), |addr| println!("{LISTENING}{addr}"), stdin_closed).await
 }
 
 /// How to run the baseline server.
@@ -196,6 +213,7 @@ impl BaselineOptions {
 #[derive(Debug)]
 pub struct Baseline {
     addr: SocketAddr,
+    tls: bool,
     running: Running,
 }
 
@@ -208,15 +226,36 @@ enum Running {
 impl Baseline {
     /// Starts the server on `127.0.0.1:0` and waits until it listens.
     pub async fn start(options: &BaselineOptions) -> anyhow::Result<Baseline> {
-        match options {
-            BaselineOptions::Process { program, args } => Self::start_child(program, args).await,
-            BaselineOptions::InProcess => Self::start_thread().await,
-        }
+        Self::start_with(options, None).await
     }
 
-    async fn start_child(program: &PathBuf, args: &[String]) -> anyhow::Result<Baseline> {
-        let mut child = Command::new(program)
-            .args(args)
+    /// [`start`](Self::start), serving mutual TLS with `files` (the server's
+    /// certificate and key, and the CA its clients' certificates must chain
+    /// to).
+    pub async fn start_tls(options: &BaselineOptions, files: &ServerFiles) -> anyhow::Result<Baseline> {
+        Self::start_with(options, Some(files)).await
+    }
+
+    async fn start_with(options: &BaselineOptions, tls: Option<&ServerFiles>) -> anyhow::Result<Baseline> {
+        let (addr, running) = match options {
+            BaselineOptions::Process { program, args } => Self::start_child(program, args, tls).await?,
+            BaselineOptions::InProcess => Self::start_thread(tls.cloned()).await?,
+        };
+        Ok(Baseline { addr, tls: tls.is_some(), running })
+    }
+
+    async fn start_child(
+        program: &PathBuf,
+        args: &[String],
+        tls: Option<&ServerFiles>,
+    ) -> anyhow::Result<(SocketAddr, Running)> {
+        let mut command = Command::new(program);
+        command.args(args);
+        if let Some(files) = tls {
+            command.arg("--tls-cert").arg(&files.cert).arg("--tls-key").arg(&files.key);
+            command.arg("--client-ca").arg(&files.client_ca);
+        }
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -240,11 +279,11 @@ impl Baseline {
             Ok(None) => bail!("the baseline server exited before listening"),
             Err(_) => bail!("the baseline server did not say where it listens within {START_TIMEOUT:?}"),
         };
-        tracing::info!(pid = child.id(), %addr, "baseline server started");
-        Ok(Baseline { addr, running: Running::Child(child) })
+        tracing::info!(pid = child.id(), %addr, tls = tls.is_some(), "baseline server started");
+        Ok((addr, Running::Child(child)))
     }
 
-    async fn start_thread() -> anyhow::Result<Baseline> {
+    async fn start_thread(tls: Option<ServerFiles>) -> anyhow::Result<(SocketAddr, Running)> {
         let stop = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stopped = stop.clone();
@@ -262,18 +301,26 @@ impl Baseline {
                     let _ = tx.send(Ok(addr));
                 }
             };
-            let outcome = runtime.block_on(serve(([127, 0, 0, 1], 0).into(), listening, stopped.cancelled_owned()));
+            let outcome =
+                runtime.block_on(serve(([127, 0, 0, 1], 0).into(), tls.as_ref(), listening, stopped.cancelled_owned()));
             if let Err(e) = outcome {
                 tracing::warn!(error = format!("{e:#}"), "baseline server failed");
             }
         })?;
         let addr = rx.await.context("the baseline server thread ended before listening")??;
-        Ok(Baseline { addr, running: Running::Thread { stop, thread: Some(thread) } })
+        Ok((addr, Running::Thread { stop, thread: Some(thread) }))
     }
 
-    /// Its URL, e.g. `http://127.0.0.1:41234`.
+    /// Its URL, e.g. `http://127.0.0.1:41234` (`https` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The server's resident memory, KiB (this process's when it runs in a
+    /// thread).
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        super::rss::rss_kib(self.pid()).context("cannot read the baseline server's RSS")
     }
 
     /// The server's process id (this process's when it runs in a thread).

@@ -4,7 +4,9 @@
 //! figure is per connection, not shared by multiplexing), in plaintext or
 //! over mutual TLS with a certificate per vehicle ([`Security`]). Also times
 //! every connection and session opening (the `tls` scenario's handshake
-//! figures).
+//! figures). [`run_baseline`] measures the same fleet on the raw tonic
+//! baseline's bidi echo, which answers Hello with Welcome and holds the
+//! stream: what a bare tonic server pays for an idle stream per connection.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -23,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::Tetherd;
+use super::baseline::Baseline;
 use super::lean_vehicle::LeanVehicle;
 use super::pki::{self, BenchPki, Issued};
 
@@ -69,14 +72,6 @@ impl Security {
         }
     }
 
-    /// The URL of `server` for this security.
-    fn url(&self, server: &Tetherd) -> String {
-        match self {
-            Security::Plaintext => server.url(),
-            Security::Mtls(_) => format!("https://{}", server.addr()),
-        }
-    }
-
     /// The client TLS settings presenting `identity`, if TLS.
     fn tls(&self, identity: impl FnOnce(&BenchPki) -> &Issued) -> Option<ClientTlsConfig> {
         match self {
@@ -104,22 +99,26 @@ pub fn vehicle_id(index: usize) -> String {
 pub struct IdleMemoryReport {
     /// Always `"idle-memory"`.
     pub scenario: &'static str,
+    /// `"tetherd"`, or `"baseline"` (the raw tonic bidi echo).
+    pub server: &'static str,
     /// `"plaintext"` or `"mtls"`.
     pub security: &'static str,
     /// Vehicles connected.
     pub vehicles: usize,
-    /// tetherd's RSS before any vehicle, KiB.
+    /// The server's RSS before any vehicle, KiB.
     pub rss_before_kib: u64,
-    /// tetherd's RSS with every vehicle connected and idle, KiB.
+    /// The server's RSS with every vehicle connected and idle, KiB.
     pub rss_after_kib: u64,
     /// The growth, KiB.
     pub rss_delta_kib: u64,
     /// The growth per vehicle, KiB.
     pub per_vehicle_kib: f64,
-    /// Live sessions tetherd reported.
+    /// Live sessions: as tetherd reported them; for the baseline, which
+    /// keeps no count, the vehicles that read their Welcome.
     pub sessions: u64,
-    /// Open TCP connections tetherd reported (the vehicles' and the stats client's).
-    pub connections: u64,
+    /// Open TCP connections tetherd reported (the vehicles' and the stats
+    /// client's); `None` for the baseline.
+    pub connections: Option<u64>,
     /// Time from the first connect to the last vehicle's Welcome, seconds.
     pub connect_seconds: f64,
     /// Vehicles per second over `connect_seconds` (for mTLS: full handshakes
@@ -146,8 +145,73 @@ pub struct IdleMemoryReport {
     pub cores: usize,
 }
 
+/// The server a fleet is measured on.
+enum Server<'a> {
+    Tetherd(&'a Tetherd),
+    Baseline(&'a Baseline),
+}
+
+impl Server<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Server::Tetherd(_) => "tetherd",
+            Server::Baseline(_) => "baseline",
+        }
+    }
+
+    /// Its URL for `security` (the baseline knows its own).
+    fn url(&self, security: &Security) -> String {
+        match (self, security) {
+            (Server::Tetherd(server), Security::Plaintext) => server.url(),
+            (Server::Tetherd(server), Security::Mtls(_)) => format!("https://{}", server.addr()),
+            (Server::Baseline(server), _) => server.url(),
+        }
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        match self {
+            Server::Tetherd(server) => server.rss_kib(),
+            Server::Baseline(server) => server.rss_kib(),
+        }
+    }
+}
+
+/// How the run counts open sessions: tetherd's own stats, or (for the
+/// baseline, which counts nothing) the vehicles that read their Welcome.
+enum Sessions {
+    Stats(Client),
+    Welcomes(Arc<Timings>),
+}
+
+impl Sessions {
+    async fn open(&self) -> anyhow::Result<u64> {
+        Ok(match self {
+            Sessions::Stats(client) => client.server_stats().await?.sessions,
+            Sessions::Welcomes(timings) => timings.count.load(Ordering::Acquire) as u64,
+        })
+    }
+
+    async fn connections(&self) -> anyhow::Result<Option<u64>> {
+        Ok(match self {
+            Sessions::Stats(client) => Some(client.server_stats().await?.connections),
+            Sessions::Welcomes(_) => None,
+        })
+    }
+}
+
 /// Runs the scenario against `server`.
 pub async fn run(server: &Tetherd, config: &IdleMemoryConfig) -> anyhow::Result<IdleMemoryReport> {
+    measure(Server::Tetherd(server), config).await
+}
+
+/// Runs the scenario against the raw tonic baseline `server`, which must
+/// have been started to match `config.security` ([`Baseline::start_tls`]
+/// with the same PKI's server files for mTLS).
+pub async fn run_baseline(server: &Baseline, config: &IdleMemoryConfig) -> anyhow::Result<IdleMemoryReport> {
+    measure(Server::Baseline(server), config).await
+}
+
+async fn measure(server: Server<'_>, config: &IdleMemoryConfig) -> anyhow::Result<IdleMemoryReport> {
     anyhow::ensure!(config.vehicles > 0, "connect at least one vehicle");
     anyhow::ensure!(config.source_addresses >= 1, "--source-addresses must be at least 1");
     if let Some(limit) = super::rss::open_files_limit()
@@ -167,20 +231,25 @@ pub async fn run(server: &Tetherd, config: &IdleMemoryConfig) -> anyhow::Result<
             pki.vehicles.len()
         );
     }
-    let url = config.security.url(server);
-    let client = stats_client(&url, &config.security).await.context("cannot connect the stats client")?;
-    let baseline = client.server_stats().await?;
-    anyhow::ensure!(baseline.sessions == 0, "tetherd already holds {} sessions", baseline.sessions);
+    let url = server.url(&config.security);
+    let timings = Arc::new(Timings::new()?);
+    let sessions = match server {
+        Server::Tetherd(_) => {
+            Sessions::Stats(stats_client(&url, &config.security).await.context("cannot connect the stats client")?)
+        }
+        Server::Baseline(_) => Sessions::Welcomes(timings.clone()),
+    };
+    let before = sessions.open().await?;
+    anyhow::ensure!(before == 0, "the {} server already holds {before} sessions", server.name());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before_kib = server.rss_kib()?;
-    tracing::info!(rss_before_kib, vehicles = config.vehicles, "connecting vehicles");
+    tracing::info!(server = server.name(), rss_before_kib, vehicles = config.vehicles, "connecting vehicles");
 
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let failed = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
-    let timings = Arc::new(Timings::new()?);
     let overflows_before = super::rss::listen_overflows();
     let started = Instant::now();
     for index in 0..config.vehicles {
@@ -217,7 +286,7 @@ pub async fn run(server: &Tetherd, config: &IdleMemoryConfig) -> anyhow::Result<
     }
     tasks.close();
 
-    let outcome = wait_for_sessions(&client, config.vehicles as u64, &failed, started).await;
+    let outcome = wait_for_sessions(&sessions, config.vehicles as u64, &failed, started).await;
     let report = match outcome {
         Ok(()) => {
             // tetherd may count a session before its vehicle has read the
@@ -229,20 +298,22 @@ pub async fn run(server: &Tetherd, config: &IdleMemoryConfig) -> anyhow::Result<
             tracing::info!(connect_seconds, settle = ?config.settle, "all connected; settling");
             tokio::time::sleep(config.settle).await;
             let rss_after_kib = server.rss_kib()?;
-            let stats = client.server_stats().await?;
+            let open = sessions.open().await?;
+            let connections = sessions.connections().await?;
             let rss_delta_kib = rss_after_kib.saturating_sub(rss_before_kib);
             let (connects, sessions) = timings.histograms();
             let ms = |h: &Histogram<u64>, q: f64| round(h.value_at_quantile(q) as f64 / 1000.0, 1000.0);
             Ok(IdleMemoryReport {
                 scenario: "idle-memory",
+                server: server.name(),
                 security: config.security.name(),
                 vehicles: config.vehicles,
                 rss_before_kib,
                 rss_after_kib,
                 rss_delta_kib,
                 per_vehicle_kib: round(rss_delta_kib as f64 / config.vehicles as f64, 10.0),
-                sessions: stats.sessions,
-                connections: stats.connections,
+                sessions: open,
+                connections,
                 connect_seconds: round(connect_seconds, 100.0),
                 sessions_per_second: round(config.vehicles as f64 / connect_seconds.max(1e-6), 1.0),
                 connect_p50_ms: ms(&connects, 0.5),
@@ -357,10 +428,10 @@ fn source_address(index: usize, count: u8) -> Option<IpAddr> {
     Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
 }
 
-/// Polls tetherd until it holds `expected` sessions; fails when vehicles gave
-/// up, or when progress stops for long.
+/// Polls until the server holds `expected` sessions; fails when vehicles
+/// gave up, or when progress stops for long.
 async fn wait_for_sessions(
-    client: &Client,
+    sessions: &Sessions,
     expected: u64,
     failed: &AtomicUsize,
     started: Instant,
@@ -370,7 +441,7 @@ async fn wait_for_sessions(
     let mut last = (0, Instant::now());
     let mut logged = Instant::now();
     loop {
-        let sessions = client.server_stats().await?.sessions;
+        let sessions = sessions.open().await?;
         if sessions >= expected {
             return Ok(());
         }
@@ -395,15 +466,15 @@ impl fmt::Display for IdleMemoryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "idle-memory: {} idle vehicles, one TCP connection each, {} ({} cores)",
-            self.vehicles, self.security, self.cores
+            "idle-memory: {} idle vehicles on {}, one TCP connection each, {} ({} cores)",
+            self.vehicles, self.server, self.security, self.cores
         )?;
         writeln!(f, "  {:<28} {:>12}", "metric", "value")?;
-        writeln!(f, "  {:<28} {:>8} KiB", "tetherd RSS before", self.rss_before_kib)?;
-        writeln!(f, "  {:<28} {:>8} KiB", "tetherd RSS after", self.rss_after_kib)?;
+        writeln!(f, "  {:<28} {:>8} KiB", "server RSS before", self.rss_before_kib)?;
+        writeln!(f, "  {:<28} {:>8} KiB", "server RSS after", self.rss_after_kib)?;
         writeln!(f, "  {:<28} {:>8} KiB", "growth", self.rss_delta_kib)?;
         writeln!(f, "  {:<28} {:>8.1} KiB", "per idle vehicle", self.per_vehicle_kib)?;
-        writeln!(f, "  {:<28} {:>12}", "sessions / connections", format!("{} / {}", self.sessions, self.connections))?;
+        writeln!(f, "  {:<28} {:>12}", "sessions / connections", sessions_connections(self))?;
         writeln!(f, "  {:<28} {:>10.2} s", "connect time (all)", self.connect_seconds)?;
         writeln!(f, "  {:<28} {:>12.0}", "sessions per second", self.sessions_per_second)?;
         writeln!(
@@ -422,6 +493,12 @@ impl fmt::Display for IdleMemoryReport {
         writeln!(f, "  {:<28} {:>12}", "listen-queue overflows", overflows(self.listen_overflows))?;
         write!(f, "  {:<28} {:>8} KiB", "bench RSS (client side)", self.bench_rss_kib)
     }
+}
+
+/// "sessions / connections" for a table (`?` where the server counts none).
+pub(crate) fn sessions_connections(report: &IdleMemoryReport) -> String {
+    let connections = report.connections.map_or_else(|| "?".to_string(), |n| n.to_string());
+    format!("{} / {connections}", report.sessions)
 }
 
 /// A listen-overflow count for a table.

@@ -7,7 +7,7 @@
 //! target/release/tether-bench latency --writes 2000
 //! target/release/tether-bench idle-memory --vehicles 10000
 //! target/release/tether-bench traces --writes 2000   # latency with OTLP export off, 100%, 1%
-//! target/release/tether-bench tls --vehicles 18000    # idle-memory plaintext, then mTLS; handshakes/s
+//! target/release/tether-bench tls --vehicles 18000    # idle memory, tetherd and raw tonic, plaintext and mTLS
 //! target/release/tether-bench reconnect-storm --vehicles 18000   # kill -9, restart: all back and resynced
 //! target/release/tether-bench fan-out --vehicles 100000 --per-connection 100   # 100,000 sessions on 1,000 connections
 //! ```
@@ -23,6 +23,7 @@ use tether_examples::bench::fleet::FleetOptions;
 use tether_examples::bench::idle_memory::{self, IdleMemoryConfig, Security};
 use tether_examples::bench::latency::{self, LatencyConfig};
 use tether_examples::bench::load::parse_wait;
+use tether_examples::bench::pki::ServerFiles;
 use tether_examples::bench::reconnect_storm::{self, ReconnectStormConfig};
 use tether_examples::bench::tls::{self, TlsConfig};
 use tether_examples::bench::traces;
@@ -58,9 +59,10 @@ enum Scenario {
     Traces(LatencyArgs),
     /// tetherd's memory per idle vehicle, each on its own TCP connection.
     IdleMemory(IdleMemoryArgs),
-    /// idle-memory twice in one run, plaintext then mutual TLS with a
-    /// certificate per vehicle: memory per vehicle of each, their ratio, and
-    /// mTLS handshakes per second (certificate generation timed apart).
+    /// idle-memory four times in one run, on tetherd and on the raw tonic
+    /// bidi echo, plaintext then mutual TLS with a certificate per vehicle:
+    /// memory per vehicle of each, tetherd's ratios to raw tonic, and mTLS
+    /// handshakes per second (certificate generation timed apart).
     Tls(TlsArgs),
     /// N SDK agents (mTLS, one connection each) hold sessions; tetherd is
     /// killed (or drained) and restarted on the same port and data, the app
@@ -89,6 +91,16 @@ struct BaselineServerArgs {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Serve mutual TLS with this certificate (PEM); needs --tls-key and
+    /// --client-ca.
+    #[arg(long, requires_all = ["tls_key", "client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that client certificates must chain to.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -244,7 +256,13 @@ struct ReconnectStormArgs {
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Scenario::BaselineServer(a) = &args.scenario {
-        return match baseline::serve_child(a.listen).await {
+        let tls = match (&a.tls_cert, &a.tls_key, &a.client_ca) {
+            (Some(cert), Some(key), Some(client_ca)) => {
+                Some(ServerFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.clone() })
+            }
+            _ => None,
+        };
+        return match baseline::serve_child(a.listen, tls).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tether-bench baseline-server: {e:#}");
@@ -270,6 +288,7 @@ async fn main() -> ExitCode {
             concurrency: a.concurrency,
             source_addresses: a.source_addresses,
             settle: a.settle,
+            baseline: baseline.clone(),
         })],
         Scenario::ReconnectStorm(a) => vec![Run::ReconnectStorm(ReconnectStormConfig {
             vehicles: a.vehicles,

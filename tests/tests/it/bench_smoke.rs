@@ -82,6 +82,31 @@ async fn the_baseline_echoes_a_vehicle_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_holds_every_idle_vehicle_on_tetherd_and_the_baseline() {
+    use tether_examples::bench::tls::{self, TlsConfig};
+    // Plaintext and mTLS (a certificate per vehicle), each on tetherd and on
+    // the raw tonic echo: every vehicle reads its Welcome and stays.
+    let config = TlsConfig {
+        vehicles: 50,
+        concurrency: 20,
+        source_addresses: 2,
+        settle: Duration::ZERO,
+        baseline: BaselineOptions::InProcess,
+    };
+    let report = tls::run(&tetherd(), &config).await.expect("tls runs");
+    for run in [&report.plaintext, &report.mtls, &report.baseline_plaintext, &report.baseline_mtls] {
+        assert_eq!((run.vehicles, run.sessions, run.retries), (50, 50, 0), "{run:?}");
+    }
+    for run in [&report.plaintext, &report.mtls] {
+        assert_eq!((run.server, run.connections), ("tetherd", Some(51)), "{run:?}");
+    }
+    for run in [&report.baseline_plaintext, &report.baseline_mtls] {
+        assert_eq!((run.server, run.connections), ("baseline", None), "{run:?}");
+    }
+    assert_eq!((report.plaintext.security, report.baseline_mtls.security), ("plaintext", "mtls"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_brings_every_vehicle_back_resynced() {
     use tether_examples::bench::Restart;
     use tether_examples::bench::reconnect_storm::{self, ReconnectStormConfig};
