@@ -190,7 +190,7 @@ async fn every_write_accepted_or_refused_is_in_the_vehicles_audit_trail() {
 #[tokio::test]
 async fn audit_records_age_out_after_the_retention() {
     let signer = DevSigner::new("k1", ISSUER, AUDIENCE).unwrap();
-    let server = server_with_keys_and(&signer, |c| c.audit_retention = Duration::from_secs(1)).await;
+    let server = server_with_keys_and(&signer, |c| c.audit_retention = Duration::from_secs(3)).await;
     let mut app = server.app().await;
     let writer = signer.token("ops", "vehicles:control", hour()).unwrap();
     let auditor = signer.token("auditor", "audit:read", hour()).unwrap();

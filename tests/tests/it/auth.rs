@@ -229,7 +229,16 @@ async fn a_vehicle_is_protected_from_all_subjects_together() {
     for i in 0..3 {
         app.set_desired(set("car-v", &format!("v{i}"), window(i * 10))).await.unwrap();
     }
-    let err = app.set_desired(set("car-v", "v3", window(99))).await.unwrap_err();
+    // The burst is spent; one token comes back per second, so a slow machine
+    // may pass a write or two more before one is refused.
+    let mut err = None;
+    for i in 3..10 {
+        if let Err(status) = app.set_desired(set("car-v", &format!("v{i}"), window(90 + i))).await {
+            err = Some(status);
+            break;
+        }
+    }
+    let err = err.expect("a write beyond the burst is refused");
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("vehicle \"car-v\""), "{}", err.message());
     // Another vehicle is not affected.

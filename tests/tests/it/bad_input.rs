@@ -1,5 +1,7 @@
 //! Bad input gets a clear status, loses nothing, and the server keeps serving.
 
+use std::time::Duration;
+
 use bytes::{Buf, BufMut, Bytes};
 use tether_proto::RawState;
 use tether_proto::app::v1::GetVehicleRequest;
@@ -95,7 +97,8 @@ impl Codec for RawBytesCodec {
 
 #[tokio::test]
 async fn garbage_on_a_vehicle_stream_closes_that_stream_only() {
-    let server = TestServer::start().await;
+    // `healthy` stays silent while the bad streams are refused.
+    let server = TestServer::start_with(|c| c.heartbeat_interval = Duration::from_secs(30)).await;
     let (mut healthy, _) = RawVehicle::connect(server.channel().await, "car-ok", 0).await;
 
     let mut grpc = tonic::client::Grpc::new(server.channel().await);

@@ -183,10 +183,13 @@ async fn cancelling_a_waiting_call_leaves_no_waiter_behind() {
 async fn the_agent_rate_limits_each_capability() {
     let server = TestServer::start().await;
     let client = Client::connect(server.url()).await.unwrap();
-    // Default: each capability at most once per 500 ms.
+    // Each capability at most once per 2 s (the default is 500 ms; a longer
+    // window keeps the second write inside it on a loaded machine).
+    const WINDOW: Duration = Duration::from_secs(2);
     let agent = Agent::builder(server.url(), "car-rl")
         .capability(RecordingCapability::new("windows"))
         .capability(RecordingCapability::new("doors"))
+        .default_rate_limit(WINDOW)
         .spawn();
     let mut events = agent.events();
     event(&mut events, |e| matches!(e, AgentEvent::Connected { .. })).await;
@@ -195,14 +198,14 @@ async fn the_agent_rate_limits_each_capability() {
     let started = Instant::now();
     assert_eq!(first.fields[0].status, FieldStatus::Applied);
     let second = apply(Patch::new().window(Window::FrontLeft, 20)).await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500), "the second write came within the window");
+    assert!(started.elapsed() < WINDOW, "the second write came within the window");
     let f = &second.fields[0];
     assert_eq!((f.status, f.reason.as_str()), (FieldStatus::Rejected, "rate_limited"), "{f:?}");
     // Another capability is not limited by this one.
     let doors = apply(Patch::new().lock(tether_sdk::LockState::Locked)).await.unwrap();
     assert_eq!(doors.fields[0].status, FieldStatus::Applied);
     // Once the window has passed, the motor may move again.
-    tokio::time::sleep(Duration::from_millis(500).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(WINDOW.saturating_sub(started.elapsed())).await;
     let third = apply(Patch::new().window(Window::FrontLeft, 20)).await.unwrap();
     assert_eq!(third.fields[0].status, FieldStatus::Applied);
     agent.shutdown().await;

@@ -36,9 +36,12 @@ pub(crate) fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_a_scripted_scenario() {
-    let server = TestServer::start().await;
+    // The counts below are exact: only car-3, which never beats, may time
+    // out (after 10 x 200 ms), not a session whose heartbeat a loaded
+    // machine delayed.
+    let server = TestServer::start_with(|c| c.heartbeat_misses = 10).await;
     let admin = server.admin_addr();
     let client = Client::connect(server.url()).await.unwrap();
 
@@ -63,7 +66,7 @@ async fn metrics_after_a_scripted_scenario() {
         }
     });
 
-    // car-3 never beats: it times out (3 × 200 ms).
+    // car-3 never beats: it times out (10 × 200 ms).
     eventually("car-3 times out", BOUND, || async { (server.stats().sessions_timed_out == 1).then_some(()) }).await;
 
     // Five writes applied by car-1.

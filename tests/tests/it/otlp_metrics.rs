@@ -18,6 +18,9 @@ async fn metrics_are_exported_over_otlp_from_the_same_counters_as_prometheus() {
     let server = TestServer::start_with(|c| {
         c.otlp_endpoint = Some(receiver.url());
         c.otlp_metrics_interval = Some(Duration::from_millis(200));
+        // The counts below are exact: no session may time out because a
+        // loaded machine delayed a heartbeat past 3 x 200 ms.
+        c.heartbeat_misses = 10;
     })
     .await;
     let admin = server.admin_addr();

@@ -65,7 +65,8 @@ async fn require_online_to_an_offline_vehicle_fails_fast_and_changes_nothing() {
         let err = app.set_desired(req).await.unwrap_err();
         let took = started.elapsed();
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-        assert!(took < Duration::from_millis(100), "took {took:?}");
+        // Fails fast: at once, not after the write's 60 s max wait.
+        assert!(took < Duration::from_secs(2), "took {took:?}");
     }
     let vehicle = app.get_vehicle(GetVehicleRequest { vehicle_id: "car-3".into() }).await.unwrap().into_inner();
     assert_eq!(vehicle.generation, 1);

@@ -8,7 +8,9 @@ use tether_tests::{BOUND, RawVehicle, TestServer, eventually};
 
 #[tokio::test]
 async fn a_second_connection_supersedes_the_first_which_never_comes_back() {
-    let server = TestServer::start().await;
+    // `second` stays silent while the test reads the first's goodbye and asks
+    // the app API: a heartbeat interval longer than the test.
+    let server = TestServer::start_with(|c| c.heartbeat_interval = Duration::from_secs(30)).await;
     let (mut first, w1) = RawVehicle::connect(server.channel().await, "car-s", 0).await;
     let (mut second, w2) = RawVehicle::connect(server.channel().await, "car-s", 0).await;
     assert!(w2.session_id > w1.session_id, "session ids increase");
@@ -46,9 +48,10 @@ async fn a_silent_vehicle_is_closed_within_interval_times_misses_and_freed() {
     // 200 ms x 3 misses.
     let server = TestServer::start().await;
     let idle_tasks = server.stats().tasks;
+    // Taken before the Hello, so before the server last heard the vehicle.
+    let started = std::time::Instant::now();
     let (mut silent, _) = RawVehicle::connect(server.channel().await, "car-quiet", 0).await;
     assert_eq!(server.stats().sessions, 1);
-    let started = std::time::Instant::now();
     let goodbye = loop {
         match silent.next().await {
             Some(server_message::Kind::Heartbeat(_)) => continue,
@@ -58,8 +61,9 @@ async fn a_silent_vehicle_is_closed_within_interval_times_misses_and_freed() {
     };
     let took = started.elapsed();
     assert_eq!(goodbye.reason, GoodbyeReason::HeartbeatTimeout as i32);
-    // 600 ms of silence, checked on 200 ms ticks: closed by the 4th tick.
-    assert!(took >= Duration::from_millis(550) && took < Duration::from_millis(1500), "closed after {took:?}");
+    // 600 ms of silence, checked on 200 ms ticks: closed by the 4th tick
+    // (the upper bound leaves room for a loaded machine).
+    assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(3), "closed after {took:?}");
     eventually("session freed", BOUND, || async { (server.stats().sessions == 0).then_some(()) }).await;
     assert_eq!(server.stats().sessions_timed_out, 1);
     drop(silent);
@@ -68,7 +72,8 @@ async fn a_silent_vehicle_is_closed_within_interval_times_misses_and_freed() {
 
 #[tokio::test]
 async fn a_thousand_vehicles_connect_and_disconnect_and_counts_return_to_idle() {
-    let server = TestServer::start_with(|c| c.heartbeat_interval = Duration::from_secs(5)).await;
+    // Silent vehicles: the first must outlive the last one's handshake.
+    let server = TestServer::start_with(|c| c.heartbeat_interval = Duration::from_secs(60)).await;
     let idle = server.stats();
     // 10 connections x 100 streams, as a gateway would multiplex them.
     let mut channels = Vec::new();

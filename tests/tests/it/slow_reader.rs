@@ -62,7 +62,7 @@ async fn a_vehicle_that_stops_reading_gets_one_snapshot_then_only_the_latest() {
         let mut req = set("fast", &format!("f{i}"), window(i * 10));
         req.wait = WaitLevel::Applied as i32;
         let mut req = tonic::Request::new(req);
-        req.set_timeout(Duration::from_secs(2));
+        req.set_timeout(BOUND);
         let out = app2.set_desired(req).await.expect("the other vehicle is unaffected").into_inner();
         assert_eq!(out.fields[0].status, FieldStatus::Applied as i32);
     }

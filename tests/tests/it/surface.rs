@@ -27,7 +27,7 @@ fn status(response: Option<HealthCheckResponse>) -> Option<ServingStatus> {
 
 #[tokio::test]
 async fn health_turns_not_serving_while_draining_and_new_sessions_are_refused() {
-    let server = TestServer::start_with(|c| c.drain_delay = Duration::from_secs(2)).await;
+    let server = TestServer::start_with(|c| c.drain_delay = Duration::from_secs(5)).await;
     let url = server.url();
     let ch = server.channel().await;
     let mut health = HealthClient::new(ch.clone());

@@ -174,7 +174,8 @@ async fn a_certificate_for_one_vehicle_cannot_say_hello_as_another() {
 async fn a_session_ends_when_its_certificate_expires() {
     let pki = Pki::new();
     let server = pki.server().await;
-    let short = pki.vehicle("car-short", Duration::from_secs(2));
+    // X.509 times are whole seconds: 4 s leaves at least 3 for the handshake.
+    let short = pki.vehicle("car-short", Duration::from_secs(4));
     let channel = connect(&server, &pki.ca.cert_pem, Some(&short)).await.unwrap();
     let (mut v, _) = RawVehicle::connect(channel, "car-short", 0).await;
     let bye = goodbye(&mut v, Duration::from_secs(10)).await;
@@ -222,19 +223,22 @@ async fn the_cli_makes_a_development_pki_that_works() {
 }
 
 #[tokio::test]
-async fn revoking_a_connected_vehicle_closes_its_session_within_a_second() {
+async fn revoking_a_connected_vehicle_closes_its_session_within_a_few_polls() {
     let pki = Pki::new();
     let server = pki.server().await;
     let car = pki.vehicle("car-r", Duration::from_secs(3600));
     let channel = connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap();
     let (mut v, _) = RawVehicle::connect(channel, "car-r", 0).await;
 
+    let crl = pki.ca.crl(&[&car.serial]).unwrap();
+    std::fs::write(pki.path("fleet.crl"), crl).unwrap();
     let revoked_at = std::time::Instant::now();
-    std::fs::write(pki.path("fleet.crl"), pki.ca.crl(&[&car.serial]).unwrap()).unwrap();
     let goodbye = goodbye(&mut v, Duration::from_secs(5)).await;
     let took = revoked_at.elapsed();
     assert!(goodbye.message.contains("revoked"), "{goodbye:?}");
-    assert!(took < Duration::from_secs(1), "closed {took:?} after the CRL changed");
+    // The CRL is polled every 250 ms (a poll that reads it half-written
+    // waits for the next): well under 2 s even on a loaded machine.
+    assert!(took < Duration::from_secs(2), "closed {took:?} after the CRL changed");
     drop(v);
 
     // It cannot come back; another vehicle can.
@@ -251,7 +255,10 @@ async fn revoking_a_connected_vehicle_closes_its_session_within_a_second() {
 #[tokio::test]
 async fn a_new_server_certificate_is_used_without_dropping_sessions() {
     let pki = Pki::new();
-    let server = pki.server().await;
+    // The session below stays silent across several handshakes and reload
+    // polls: a heartbeat interval longer than the test, so that silence is
+    // never what ends it.
+    let server = pki.server_with(|c| c.heartbeat_interval = Duration::from_secs(30)).await;
     let car = pki.vehicle("car-k", Duration::from_secs(3600));
     let channel = connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap();
     let (welcome, session) = hello(channel, "car-k").await.unwrap();
