@@ -161,6 +161,9 @@ impl LeanVehicle {
                     })
                 }
                 Ok(Some(ServerMessage { kind: Some(ServerKind::Desired(desired)) })) => {
+                    if let Some(slot) = &applied {
+                        slot.arrived(desired.generation);
+                    }
                     let ack = VehicleKind::Ack(Ack { generation: desired.generation });
                     let Some(slot) = &applied else {
                         if !self.send(&stop, ack).await {
@@ -236,6 +239,10 @@ fn apply(desired: DesiredState, handled: &mut u64) -> (Report, usize) {
 pub struct AppliedLog {
     started: Instant,
     generations: Box<[AtomicU64]>,
+    /// Per vehicle, the generation of the latest snapshot that arrived, and
+    /// when (µs after `started`): where a write's latency splits.
+    arrived_generations: Box<[AtomicU64]>,
+    arrived_us: Box<[AtomicU64]>,
     reports: AtomicU64,
     fields: AtomicU64,
     last_report_us: AtomicU64,
@@ -248,6 +255,8 @@ impl AppliedLog {
         std::sync::Arc::new(AppliedLog {
             started: Instant::now(),
             generations: (0..vehicles).map(|_| AtomicU64::new(0)).collect(),
+            arrived_generations: (0..vehicles).map(|_| AtomicU64::new(0)).collect(),
+            arrived_us: (0..vehicles).map(|_| AtomicU64::new(0)).collect(),
             reports: AtomicU64::new(0),
             fields: AtomicU64::new(0),
             last_report_us: AtomicU64::new(0),
@@ -292,6 +301,18 @@ impl AppliedLog {
         self.generations.get(index).map_or(0, |g| g.load(Ordering::Acquire))
     }
 
+    /// When vehicle `index` received the snapshot of `generation`, if that is
+    /// the latest it received (a later write may have overtaken it).
+    pub fn arrival(&self, index: usize, generation: u64) -> Option<Instant> {
+        let latest = self.arrived_generations.get(index)?;
+        if latest.load(Ordering::Acquire) != generation {
+            return None;
+        }
+        let at = self.started + Duration::from_micros(self.arrived_us[index].load(Ordering::Acquire));
+        // Still the same snapshot after reading its time: the pair belongs together.
+        (latest.load(Ordering::Acquire) == generation).then_some(at)
+    }
+
     /// When the latest applying report was sent, counted from `since`
     /// (zero if none came after it).
     pub fn last_report_since(&self, since: Instant) -> Duration {
@@ -323,6 +344,16 @@ pub struct AppliedSlot {
 }
 
 impl AppliedSlot {
+    /// A snapshot of `generation` arrived (before it is acknowledged).
+    fn arrived(&self, generation: u64) {
+        let log = &self.log;
+        let micros = u64::try_from(log.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // Generation 0 first: a reader never pairs the new time with the old generation.
+        log.arrived_generations[self.index].store(0, Ordering::Release);
+        log.arrived_us[self.index].store(micros, Ordering::Release);
+        log.arrived_generations[self.index].store(generation, Ordering::Release);
+    }
+
     fn record(&self, generation: u64, fields: usize) {
         let log = &self.log;
         log.generations[self.index].fetch_max(generation, Ordering::AcqRel);

@@ -18,6 +18,8 @@ use tether_sdk::{Client, FieldStatus, Patch, RetryPolicy, WaitLevel, Window, Wri
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use super::lean_vehicle::AppliedLog;
+
 /// The deadline of every write.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,6 +61,8 @@ pub struct Writes {
     next_value: Arc<[AtomicU32]>,
     wait: WaitLevel,
     server: Server,
+    /// Where the vehicles note when each snapshot arrived (tetherd's fleet).
+    arrivals: Option<Arc<AppliedLog>>,
 }
 
 impl Writes {
@@ -82,7 +86,15 @@ impl Writes {
             clients.push(client.with_debounce(Duration::ZERO).with_retry(RetryPolicy::never()));
         }
         let next_value = (0..vehicles.len()).map(|_| AtomicU32::new(0)).collect();
-        Ok(Writes { clients: clients.into(), vehicles, next_value, wait, server })
+        Ok(Writes { clients: clients.into(), vehicles, next_value, wait, server, arrivals: None })
+    }
+
+    /// Splits each open-loop write's latency at the moment its snapshot
+    /// arrived at the vehicle, as noted in `log` (the fleet of these
+    /// vehicles, in the same order).
+    pub fn with_arrivals(mut self, log: Arc<AppliedLog>) -> Writes {
+        self.arrivals = Some(log);
+        self
     }
 
     /// Vehicles written to.
@@ -195,12 +207,32 @@ pub struct LoadFigures {
     pub send_lag_p99_us: Option<u64>,
     /// Open loop: the same, slowest, µs.
     pub send_lag_max_us: Option<u64>,
+    /// Open loop to tetherd: each write's latency split where its snapshot
+    /// arrived at the vehicle.
+    pub split: Option<LatencySplit>,
+}
+
+/// A write's latency in two parts, cut when the vehicle (a lean vehicle of
+/// this process) received the snapshot carrying the write: before, the app
+/// call, tetherd's commit and its push down the session; after, the vehicle's
+/// Ack and Report, tetherd handling the report, and the answer to the call.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySplit {
+    /// Writes split: those whose vehicle's latest snapshot was the write's
+    /// own generation when it was answered.
+    pub writes: u64,
+    /// Scheduled send → snapshot at the vehicle.
+    pub to_vehicle: Percentiles,
+    /// Snapshot at the vehicle → answer at the app.
+    pub vehicle_to_answer: Percentiles,
 }
 
 /// Counts and histograms filled while a phase runs.
 pub(crate) struct Recorder {
     latency: Mutex<Histogram<u64>>,
     lag: Mutex<Histogram<u64>>,
+    /// (scheduled → at the vehicle, at the vehicle → answered).
+    split: Mutex<(Histogram<u64>, Histogram<u64>)>,
     reached: AtomicU64,
     not_reached: AtomicU64,
     errors: AtomicU64,
@@ -223,6 +255,7 @@ impl Recorder {
         Recorder {
             latency: Mutex::new(histogram()),
             lag: Mutex::new(histogram()),
+            split: Mutex::new((histogram(), histogram())),
             reached: AtomicU64::new(0),
             not_reached: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -255,6 +288,23 @@ impl Recorder {
         }
     }
 
+    /// Notes where write `outcome` to `vehicle`, scheduled at `scheduled` and
+    /// answered at `answered`, arrived at the vehicle, if `writes` can tell.
+    fn split(
+        &self,
+        writes: &Writes,
+        vehicle: usize,
+        outcome: &Outcome,
+        scheduled: std::time::Instant,
+        answered: std::time::Instant,
+    ) {
+        let (Some(log), Outcome::Reached(generation)) = (&writes.arrivals, outcome) else { return };
+        let Some(arrived) = log.arrival(vehicle, *generation) else { return };
+        let mut split = self.split.lock().unwrap_or_else(|p| p.into_inner());
+        split.0.saturating_record(micros(arrived.saturating_duration_since(scheduled)));
+        split.1.saturating_record(micros(answered.saturating_duration_since(arrived)));
+    }
+
     /// Adds a writer's own latency histogram.
     pub(crate) fn merge(&self, latency: &Histogram<u64>) {
         // Same bounds, so adding cannot fail.
@@ -264,6 +314,7 @@ impl Recorder {
     pub(crate) fn figures(&self, server: Server, writes: u64, seconds: f64, open_loop: bool) -> LoadFigures {
         let latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        let split = self.split.lock().unwrap_or_else(|p| p.into_inner());
         let reached = self.reached.load(Ordering::Relaxed);
         let not_reached = self.not_reached.load(Ordering::Relaxed);
         LoadFigures {
@@ -281,6 +332,11 @@ impl Recorder {
             percentiles: Percentiles::of(&latency),
             send_lag_p99_us: open_loop.then(|| lag.value_at_quantile(0.99)),
             send_lag_max_us: open_loop.then(|| lag.max()),
+            split: (!split.0.is_empty()).then(|| LatencySplit {
+                writes: split.0.len(),
+                to_vehicle: Percentiles::of(&split.0),
+                vehicle_to_answer: Percentiles::of(&split.1),
+            }),
         }
     }
 }
@@ -323,6 +379,7 @@ pub async fn open_loop(writes: &Writes, rate: f64, duration: Duration, first: u6
                         let lag = scheduled.elapsed();
                         let outcome = writes.write(first + i, vehicle).await;
                         let took = scheduled.elapsed();
+                        recorder.split(&writes, vehicle, &outcome, scheduled, scheduled + took);
                         let answered = micros(std::time::Instant::now().saturating_duration_since(start));
                         recorder.last_answer_us.fetch_max(answered, Ordering::Relaxed);
                         recorder.lag.lock().unwrap_or_else(|p| p.into_inner()).saturating_record(micros(lag));

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use super::baseline::{Baseline, BaselineOptions};
 use super::cpu::{self, CpuUsage};
 use super::fleet::{ApplyingFleet, FleetOptions};
-use super::load::{self, LoadFigures, Outcome, Recorder, Server, Writes, ms, round, wait_name};
+use super::load::{self, LoadFigures, Outcome, Percentiles, Recorder, Server, Writes, ms, round, wait_name};
 use super::{Tetherd, TetherdOptions};
 
 /// What ACCEPTED means with the embedded store (server/src/store/redb.rs).
@@ -126,8 +126,9 @@ impl Rig {
         };
         let fleet = ApplyingFleet::connect(&tetherd.url(), &setup.fleet).await.context("cannot connect the fleet")?;
         let ids: Arc<[String]> = fleet.ids().into();
-        let to_tetherd =
-            Writes::connect(&tetherd.url(), setup.channels, ids.clone(), setup.wait, Server::Tetherd).await?;
+        let to_tetherd = Writes::connect(&tetherd.url(), setup.channels, ids.clone(), setup.wait, Server::Tetherd)
+            .await?
+            .with_arrivals(fleet.applied().clone());
         let to_baseline = match &baseline {
             Some(b) => Some(Writes::connect(&b.url(), setup.channels, ids, setup.wait, Server::Baseline).await?),
             None => None,
@@ -564,6 +565,18 @@ impl fmt::Display for WriteRateReport {
         writeln!(f, "  ratio tetherd/baseline: p50 {:.2}×, p99 {:.2}×", self.p50_ratio, self.p99_ratio)?;
         lag_line(f, &self.baseline)?;
         lag_line(f, &self.tetherd)?;
+        if let Some(split) = &self.tetherd.load.split {
+            let line = |p: &Percentiles| {
+                format!("p50 {} p99 {} p99.9 {} max {}", ms(p.p50_us), ms(p.p99_us), ms(p.p999_us), ms(p.max_us))
+            };
+            writeln!(
+                f,
+                "  tetherd   to the vehicle:        {} ({} writes split)",
+                line(&split.to_vehicle),
+                split.writes
+            )?;
+            writeln!(f, "  tetherd   vehicle to the answer: {}", line(&split.vehicle_to_answer))?;
+        }
         usage_line(f, "baseline", &self.baseline)?;
         usage_line(f, "tetherd", &self.tetherd)?;
         write!(

@@ -40,6 +40,11 @@ async fn write_rate_applies_every_write_and_measures_the_baseline() {
     assert_eq!((base.reached, base.errors), (200, 0), "{base:?}");
     // Warm-up (50) and measured (200) writes, one field each, all applied in the vehicles.
     assert_eq!(report.vehicle_fields_applied, 250);
+    // Every write's latency splits where its snapshot reached the vehicle
+    // (one write per vehicle at a time here); the baseline has no vehicle.
+    let split = tether.split.as_ref().expect("tetherd's latency is split");
+    assert_eq!(split.writes, 200, "{split:?}");
+    assert!(base.split.is_none());
     assert!(report.tetherd.server.is_some(), "tetherd's CPU and RSS are read");
     assert!(serde_json::to_string(&report).unwrap().starts_with("{\"scenario\":\"write-rate\""));
 }
