@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 use crate::core::{KeyLimits, VehicleRecord};
 use crate::router::Router;
 use crate::stats::Stats;
-use crate::store::{AuditEntry, Durable, Store, StoreError, Urgency, decode_record, encode_save};
+use crate::store::{AuditEntry, Durable, OnCommit, Store, StoreError, Urgency, decode_record, encode_save};
 use tether_proto::vehicle::v1::GoodbyeReason;
 
 /// What a change touched; drives saving and watch events.
@@ -122,6 +122,27 @@ impl VehicleInner {
     pub fn snapshot_pending(&self) -> bool {
         self.presence.online() && self.record.generation > self.presence.sent_generation
     }
+
+    /// Whether session `session_id` may be sent a snapshot now: it is the
+    /// live one, has acknowledged the previous snapshot, the desired state is
+    /// newer than what it was sent, and every write in it is committed
+    /// (`committed`, from [`VehicleCell::committed`]): ACCEPTED comes before
+    /// DELIVERED, so a vehicle never acts on a write a crash could lose.
+    pub fn snapshot_due(&self, session_id: u64, committed: u64) -> bool {
+        let p = &self.presence;
+        p.live.as_ref().is_some_and(|s| s.id == session_id)
+            && p.unacked.is_none()
+            && self.record.generation > p.sent_generation
+            && self.record.generation <= committed
+    }
+}
+
+/// What a cell's watchers see: a change counter, and the highest desired
+/// generation whose save is committed ([`VehicleCell::committed`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Signal {
+    version: u64,
+    committed: u64,
 }
 
 /// One vehicle.
@@ -130,15 +151,16 @@ pub struct VehicleCell {
     /// The vehicle id.
     pub id: Arc<str>,
     inner: Mutex<VehicleInner>,
-    changes: watch::Sender<u64>,
+    changes: watch::Sender<Signal>,
 }
 
 impl VehicleCell {
     fn new(id: Arc<str>, record: VehicleRecord) -> Self {
         VehicleCell {
             id,
+            // A loaded record is on disk: all of it is committed.
+            changes: watch::channel(Signal { version: 0, committed: record.generation }).0,
             inner: Mutex::new(VehicleInner { record, ..Default::default() }),
-            changes: watch::channel(0).0,
         }
     }
 
@@ -147,15 +169,33 @@ impl VehicleCell {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A receiver woken after every change.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    /// A receiver woken after every change, and when a write commits.
+    pub fn subscribe(&self) -> watch::Receiver<Signal> {
         self.changes.subscribe()
     }
 
     /// Wakes every receiver (the router calls this after a change).
     pub fn notify(&self) {
-        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        self.changes.send_modify(|s| s.version = s.version.wrapping_add(1));
     }
+
+    /// The highest desired generation whose save is committed.
+    pub fn committed(&self) -> u64 {
+        self.changes.borrow().committed
+    }
+
+    /// Notes that the desired state up to `generation` is committed, and
+    /// wakes every receiver (the session may now send it).
+    pub fn mark_committed(&self, generation: u64) {
+        mark_committed(&self.changes, generation);
+    }
+}
+
+fn mark_committed(changes: &watch::Sender<Signal>, generation: u64) {
+    changes.send_modify(|s| {
+        s.committed = s.committed.max(generation);
+        s.version = s.version.wrapping_add(1);
+    });
 }
 
 /// Vehicles by their earliest pending expiry, soonest first.
@@ -302,6 +342,13 @@ impl Hub {
             if !change.desired && audit.is_none() && save.put_keys.is_empty() {
                 save.urgency = Urgency::Lazy;
             }
+            // The session sends a new desired state only once it is on disk:
+            // the store's writer marks it committed (whether or not the
+            // caller still waits) and so wakes the session.
+            if change.desired {
+                let (changes, generation) = (cell.changes.clone(), inner.record.generation);
+                save.on_commit = Some(OnCommit::new(move || mark_committed(&changes, generation)));
+            }
             Some(self.store.save(cell.id.clone(), save, audit))
         } else {
             audit.map(|entry| self.store.audit(entry))
@@ -435,5 +482,118 @@ impl Hub {
     /// Stops the store after it made every save durable.
     pub fn close_store(&self) {
         self.store.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use prost::Message;
+    use tether_proto::state::v1::{VehicleState, Windows};
+
+    use super::*;
+    use crate::core::{Origin, Write};
+    use crate::router::LocalRouter;
+    use crate::store::{RecordSave, StoredRows};
+
+    /// A save held back: what it runs at its commit, and its durability.
+    type Held = (Option<OnCommit>, oneshot::Sender<Result<(), StoreError>>);
+
+    /// A store whose saves commit only when the test says so.
+    #[derive(Default)]
+    struct GatedStore {
+        held: Mutex<Vec<Held>>,
+    }
+
+    impl GatedStore {
+        /// Commits every save held so far, as a store's writer does.
+        fn commit_all(&self) {
+            for (on_commit, done) in self.held.lock().unwrap().drain(..) {
+                if let Some(on_commit) = on_commit {
+                    on_commit.run();
+                }
+                let _ = done.send(Ok(()));
+            }
+        }
+    }
+
+    impl Store for GatedStore {
+        fn load_all(&self) -> Result<Vec<StoredRows>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn save(&self, _: Arc<str>, mut save: RecordSave, _: Option<AuditEntry>) -> Durable {
+            let (done, durable) = oneshot::channel();
+            self.held.lock().unwrap().push((save.on_commit.take(), done));
+            durable
+        }
+        fn audit(&self, _: AuditEntry) -> Durable {
+            let (done, durable) = oneshot::channel();
+            let _ = done.send(Ok(()));
+            durable
+        }
+        fn audit_page(&self, _: &str, _: Option<u64>, _: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn prune_audit(&self, _: SystemTime, _: usize) -> oneshot::Receiver<Result<usize, StoreError>> {
+            let (done, pruned) = oneshot::channel();
+            let _ = done.send(Ok(0));
+            pruned
+        }
+        fn boot_epoch(&self) -> u32 {
+            1
+        }
+        fn close(&self) {}
+    }
+
+    fn write(key: &str, pct: u32) -> Write {
+        let state = VehicleState {
+            windows: Some(Windows { front_left: Some(pct), ..Default::default() }),
+            ..Default::default()
+        };
+        Write {
+            fields: StateSchema::contract().split(&state.encode_to_vec()).unwrap(),
+            fingerprint: u64::from(pct),
+            expected_generation: None,
+            expires_at: None,
+            origin: Origin { subject: "app".into(), idempotency_key: key.into(), traceparent: String::new() },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_is_sent_a_write_only_once_it_is_committed() {
+        let store = Arc::new(GatedStore::default());
+        let limits = KeyLimits { window: Duration::from_secs(3600), max: 100 };
+        let hub = Hub::load(store.clone(), Arc::new(LocalRouter), StateSchema::contract(), limits, Arc::default())
+            .expect("an empty store loads");
+        let cell = hub.get_or_create("car-1");
+        let (session, _kick) = hub.open_session(&cell, "test", SystemTime::now(), |_| Change::NONE);
+        let mut changes = cell.subscribe();
+        changes.borrow_and_update();
+        let due = |cell: &VehicleCell| cell.lock().snapshot_due(session, cell.committed());
+
+        let apply = |key: &str, pct| {
+            let ((), durable) = hub.update_audited(&cell, |inner| {
+                inner.record.write(write(key, pct), SystemTime::now(), limits).expect("a valid write");
+                ((), Change { desired: true, status: true, ..Change::NONE }, None)
+            });
+            durable.expect("a write is saved")
+        };
+        let first = apply("k1", 10);
+        assert!(!due(&cell), "not sent before its commit");
+        store.commit_all();
+        first.await.unwrap().unwrap();
+        assert!(changes.has_changed().unwrap(), "the commit woke the session");
+        assert!(due(&cell), "sent once committed");
+
+        // A second write on top: the snapshot would carry it, so it waits
+        // for that commit too.
+        let second = apply("k2", 20);
+        assert!(!due(&cell));
+        store.commit_all();
+        second.await.unwrap().unwrap();
+        assert!(due(&cell));
+        assert_eq!(cell.committed(), 2);
     }
 }

@@ -37,7 +37,7 @@ pub struct AuditEntry {
 /// What one save writes for a vehicle: its record, and the changes of its
 /// idempotency log since the previous save (the log is stored key by key, so a
 /// save's size does not grow with the number of keys a vehicle holds).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RecordSave {
     /// The encoded record (without its keys).
     pub record: Bytes,
@@ -47,6 +47,31 @@ pub struct RecordSave {
     pub gone_keys: Vec<Arc<str>>,
     /// How soon it must be durable.
     pub urgency: Urgency,
+    /// Run by the store once the save is committed (not if the commit
+    /// failed), before its [`Durable`] resolves.
+    pub on_commit: Option<OnCommit>,
+}
+
+/// What a save runs once it is durable: cheap and non-blocking (it runs on
+/// the store's writer), e.g. waking the vehicle's session.
+pub struct OnCommit(Box<dyn FnOnce() + Send>);
+
+impl OnCommit {
+    /// Runs `f` at the commit.
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        OnCommit(Box::new(f))
+    }
+
+    /// Runs it (the store calls this).
+    pub fn run(self) {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for OnCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnCommit")
+    }
 }
 
 /// How soon a save must be durable.

@@ -364,7 +364,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 struct WatchState {
     cell: Arc<VehicleCell>,
-    changes: tokio::sync::watch::Receiver<u64>,
+    changes: tokio::sync::watch::Receiver<crate::hub::Signal>,
     last: Option<Versions>,
     from_generation: u64,
     shutdown: CancellationToken,

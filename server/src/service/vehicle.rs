@@ -204,6 +204,9 @@ impl Session {
             inner.presence.sent_generation = last_applied;
             Change { actual: true, status: true, ..Change::NONE }
         });
+        // The record's generation may have risen to what the vehicle already
+        // handled: no write of the node's lies at or below it to hold back.
+        cell.mark_committed(last_applied);
         let _gauge = Gauge::new(&hub.stats, |s| &s.sessions);
         stats::bump(&hub.stats.sessions_opened);
         let span = tracing::info_span!("session", vehicle = %cell.id, session = session_id);
@@ -347,16 +350,15 @@ impl Session {
     /// last snapshot and that one was acknowledged.
     fn send_snapshot_if_due(&self, cell: &VehicleCell, session_id: u64, tx: &Outbound) {
         let now = SystemTime::now();
+        // Read before the lock: a commit marked after this wakes the session
+        // again, so none is missed.
+        let committed = cell.committed();
         let (snapshot, _) = self.api.hub.update(cell, |inner| {
-            let p = &inner.presence;
-            let due = p.live.as_ref().is_some_and(|s| s.id == session_id)
-                && p.unacked.is_none()
-                && inner.record.generation > p.sent_generation
-                && tx.capacity() > 0;
+            let due = inner.snapshot_due(session_id, committed) && tx.capacity() > 0;
             if !due {
                 return (None, Change::NONE);
             }
-            let sent_before = p.sent_generation;
+            let sent_before = inner.presence.sent_generation;
             let expired = inner.record.expire(now);
             let snapshot = inner.record.snapshot(now);
             let p = &mut inner.presence;

@@ -90,6 +90,7 @@ pub fn encode_save(record: &mut VehicleRecord) -> RecordSave {
         put_keys: changes.put.into_iter().map(|(key, entry)| (key, encode_key(&entry))).collect(),
         gone_keys: changes.gone,
         urgency: Urgency::Now,
+        on_commit: None,
     }
 }
 

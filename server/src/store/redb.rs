@@ -171,7 +171,12 @@ impl Writer<'_> {
             if let Err(e) = &result {
                 tracing::error!(error = %e, saves = batch.len(), "store commit failed");
             }
-            for save in batch {
+            for mut save in batch {
+                if result.is_ok()
+                    && let Some(on_commit) = save.record.as_mut().and_then(|r| r.on_commit.take())
+                {
+                    on_commit.run();
+                }
                 let _ = save.done.send(result.clone());
             }
         }
@@ -403,12 +408,34 @@ mod tests {
         assert_eq!(all, want);
     }
 
+    #[tokio::test]
+    async fn a_save_runs_its_on_commit_before_it_resolves_and_a_refused_save_never_does() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counted = |ran: &Arc<AtomicUsize>| {
+            let ran = ran.clone();
+            Some(super::super::OnCommit::new(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            }))
+        };
+        let save = RecordSave { on_commit: counted(&ran), ..record(b"write", &[], &[]) };
+        store.save("car-1".into(), save, None).await.unwrap().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "ran once, before the save resolved");
+        // A closed store commits nothing: the callback never runs.
+        store.close();
+        let refused = RecordSave { on_commit: counted(&ran), ..record(b"late", &[], &[]) };
+        assert!(store.save("car-1".into(), refused, None).await.unwrap().is_err());
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+    }
+
     fn record(record: &'static [u8], put: &[(&str, &'static [u8])], gone: &[&str]) -> RecordSave {
         RecordSave {
             record: Bytes::from_static(record),
             put_keys: put.iter().map(|(k, e)| (Arc::from(*k), Bytes::from_static(e))).collect(),
             gone_keys: gone.iter().map(|k| Arc::from(*k)).collect(),
-            urgency: Urgency::Now,
+            ..RecordSave::default()
         }
     }
 
