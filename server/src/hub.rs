@@ -191,10 +191,16 @@ impl VehicleCell {
     }
 }
 
+/// Raises the committed generation to `generation`; wakes the receivers only
+/// if it rose.
 fn mark_committed(changes: &watch::Sender<Signal>, generation: u64) {
-    changes.send_modify(|s| {
-        s.committed = s.committed.max(generation);
+    changes.send_if_modified(|s| {
+        if generation <= s.committed {
+            return false;
+        }
+        s.committed = generation;
         s.version = s.version.wrapping_add(1);
+        true
     });
 }
 
@@ -344,8 +350,10 @@ impl Hub {
             }
             // The session sends a new desired state only once it is on disk:
             // the store's writer marks it committed (whether or not the
-            // caller still waits) and so wakes the session.
-            if change.desired {
+            // caller still waits) and so wakes the session. Every save holds
+            // the whole record, so any save's commit (an ack's, after a
+            // write's commit failed) commits the desired state up to here.
+            if cell.committed() < inner.record.generation {
                 let (changes, generation) = (cell.changes.clone(), inner.record.generation);
                 save.on_commit = Some(OnCommit::new(move || mark_committed(&changes, generation)));
             }

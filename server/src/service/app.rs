@@ -438,35 +438,42 @@ impl ControlService for ControlApi {
             if st.done {
                 return None;
             }
-            if st.last.is_some() {
-                tokio::select! {
-                    changed = st.changes.changed() => {
-                        if changed.is_err() {
-                            return None;
+            loop {
+                if st.last.is_some() {
+                    tokio::select! {
+                        changed = st.changes.changed() => {
+                            if changed.is_err() {
+                                return None;
+                            }
+                        }
+                        () = st.shutdown.cancelled() => {
+                            st.done = true;
+                            let status = Status::unavailable("tetherd is shutting down; resume the watch from your last generation");
+                            return Some((Err(status), st));
+                        }
+                        () = until(st.credentials_expire) => {
+                            st.done = true;
+                            let status = Status::unauthenticated("credentials expired; reconnect with fresh ones and resume from your last generation");
+                            return Some((Err(status), st));
                         }
                     }
-                    () = st.shutdown.cancelled() => {
-                        st.done = true;
-                        let status = Status::unavailable("tetherd is shutting down; resume the watch from your last generation");
-                        return Some((Err(status), st));
-                    }
-                    () = until(st.credentials_expire) => {
-                        st.done = true;
-                        let status = Status::unauthenticated("credentials expired; reconnect with fresh ones and resume from your last generation");
-                        return Some((Err(status), st));
-                    }
                 }
+                let (event, versions) = {
+                    let inner = st.cell.lock();
+                    let view = convert::vehicle(&st.cell.id, &inner, SystemTime::now());
+                    (view, inner.versions)
+                };
+                let changes = change_kinds(st.last, versions);
+                // A wake that changed nothing a watcher sees (a commit making the
+                // desired state deliverable): wait for the next.
+                if st.last.is_some() && changes.is_empty() {
+                    continue;
+                }
+                let resumed = st.last.is_none() && st.from_generation != 0 && st.from_generation == event.generation;
+                st.last = Some(versions);
+                let event = pb::VehicleEvent { vehicle: Some(event), changes, resumed };
+                return Some((Ok(event), st));
             }
-            let (event, versions) = {
-                let inner = st.cell.lock();
-                let view = convert::vehicle(&st.cell.id, &inner, SystemTime::now());
-                (view, inner.versions)
-            };
-            let changes = change_kinds(st.last, versions);
-            let resumed = st.last.is_none() && st.from_generation != 0 && st.from_generation == event.generation;
-            st.last = Some(versions);
-            let event = pb::VehicleEvent { vehicle: Some(event), changes, resumed };
-            Some((Ok(event), st))
         });
         Ok(Response::new(Box::pin(stream)))
     }

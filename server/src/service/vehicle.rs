@@ -199,14 +199,19 @@ impl Session {
         let results = read_results(hub, hello.results);
         let cell = hub.get_or_create(&hello.vehicle_id);
         let last_applied = hello.last_applied_generation;
+        let mut before = 0;
         let (session_id, kicked) = hub.open_session(&cell, &hello.agent_version, SystemTime::now(), |inner| {
+            before = inner.record.generation;
             inner.record.hello(last_applied, actual, results);
             inner.presence.sent_generation = last_applied;
             Change { actual: true, status: true, ..Change::NONE }
         });
         // The record's generation may have risen to what the vehicle already
-        // handled: no write of the node's lies at or below it to hold back.
-        cell.mark_committed(last_applied);
+        // handled, which adds no write: if all before it was committed, so is
+        // the record now.
+        if cell.committed() >= before {
+            cell.mark_committed(last_applied);
+        }
         let _gauge = Gauge::new(&hub.stats, |s| &s.sessions);
         stats::bump(&hub.stats.sessions_opened);
         let span = tracing::info_span!("session", vehicle = %cell.id, session = session_id);
