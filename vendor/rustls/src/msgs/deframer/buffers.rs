@@ -205,19 +205,7 @@ impl DeframerVecBuffer {
         // we get a message with a length field out of range here,
         // we do a zero length read.  That looks like an EOF to
         // the next layer up, which is fine.
-        let new_bytes = match rd.read(&mut self.buf[self.used..]) {
-            Ok(new_bytes) => new_bytes,
-            Err(err) => {
-                // tether patch: nothing buffered and nothing to read (an idle
-                // connection): hold no buffer until bytes arrive.
-                // `prepare_read` allocates it again at `READ_SIZE`, so reads
-                // are never smaller than upstream's.
-                if self.used == 0 && err.kind() == io::ErrorKind::WouldBlock {
-                    self.buf = Vec::new();
-                }
-                return Err(err);
-            }
-        };
+        let new_bytes = rd.read(&mut self.buf[self.used..])?;
         self.used += new_bytes;
         Ok(new_bytes)
     }
