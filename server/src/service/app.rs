@@ -458,17 +458,17 @@ impl ControlService for ControlApi {
                         }
                     }
                 }
-                let (event, versions) = {
+                let (event, versions, changes) = {
                     let inner = st.cell.lock();
-                    let view = convert::vehicle(&st.cell.id, &inner, SystemTime::now());
-                    (view, inner.versions)
+                    let changes = change_kinds(st.last, inner.versions);
+                    // A wake that changed nothing a watcher sees (a commit making
+                    // the desired state deliverable): wait for the next, without
+                    // building a view.
+                    if st.last.is_some() && changes.is_empty() {
+                        continue;
+                    }
+                    (convert::vehicle(&st.cell.id, &inner, SystemTime::now()), inner.versions, changes)
                 };
-                let changes = change_kinds(st.last, versions);
-                // A wake that changed nothing a watcher sees (a commit making the
-                // desired state deliverable): wait for the next.
-                if st.last.is_some() && changes.is_empty() {
-                    continue;
-                }
                 let resumed = st.last.is_none() && st.from_generation != 0 && st.from_generation == event.generation;
                 st.last = Some(versions);
                 let event = pb::VehicleEvent { vehicle: Some(event), changes, resumed };

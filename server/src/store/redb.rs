@@ -411,12 +411,14 @@ mod tests {
     #[tokio::test]
     async fn a_save_runs_its_on_commit_before_it_resolves_and_a_refused_save_never_does() {
         use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use crate::store::OnCommit;
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(dir.path()).unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
         let counted = |ran: &Arc<AtomicUsize>| {
             let ran = ran.clone();
-            Some(super::super::OnCommit::new(move || {
+            Some(OnCommit::new(move || {
                 ran.fetch_add(1, Ordering::SeqCst);
             }))
         };
