@@ -4,6 +4,7 @@
 
 mod codec;
 mod redb;
+mod wal;
 
 use std::sync::Arc;
 use std::time::SystemTime;
