@@ -595,12 +595,30 @@ mod tests {
         assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 
-    /// Copies `from` (a store's directory) to `to` file by file.
-    fn copy_dir(from: &Path, to: &Path) {
-        for file in std::fs::read_dir(from).unwrap() {
+    /// Queues a stop of the writer as a crash would do it (no checkpoint),
+    /// behind what is already queued; resolves once it stopped.
+    fn halt(store: &RedbStore) -> oneshot::Receiver<()> {
+        let (done, halted) = oneshot::channel();
+        store.send(Op::Halt(done));
+        halted
+    }
+
+    /// A copy of a store's directory, file by file: with its writer halted
+    /// and its database still open, what a crash leaves on disk.
+    fn crash_image(dir: &Path) -> tempfile::TempDir {
+        let image = tempfile::tempdir().unwrap();
+        for file in std::fs::read_dir(dir).unwrap() {
             let file = file.unwrap();
-            std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+            std::fs::copy(file.path(), image.path().join(file.file_name())).unwrap();
         }
+        image
+    }
+
+    /// What the database file of `dir` holds on its own, without its log.
+    fn database_alone(dir: &Path) -> Vec<StoredRows> {
+        let alone = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join("tether.redb"), alone.path().join("tether.redb")).unwrap();
+        RedbStore::open(alone.path()).unwrap().load_all().unwrap()
     }
 
     #[tokio::test]
@@ -620,21 +638,17 @@ mod tests {
         // The process dies: the writer stops with no checkpoint (queued right
         // behind the saves, so no idle checkpoint comes between), and the
         // files are taken as they are on disk, the database still open.
-        let (done, halted) = oneshot::channel();
-        store.send(Op::Halt(done));
+        let halted = halt(&store);
         for saved in saves {
             saved.await.unwrap().unwrap();
         }
         halted.await.unwrap();
-        let crashed = tempfile::tempdir().unwrap();
-        copy_dir(dir.path(), crashed.path());
+        let crashed = crash_image(dir.path());
         let log = std::fs::metadata(crashed.path().join("tether.wal")).unwrap().len();
         assert!(log > 0, "the saves are in the log");
         // Without its log, the database holds none of them: the log is what
         // made them durable.
-        let without_log = tempfile::tempdir().unwrap();
-        std::fs::copy(crashed.path().join("tether.redb"), without_log.path().join("tether.redb")).unwrap();
-        assert!(RedbStore::open(without_log.path()).unwrap().load_all().unwrap().is_empty());
+        assert!(database_alone(crashed.path()).is_empty());
 
         let store = RedbStore::open(crashed.path()).unwrap();
         assert_eq!(std::fs::metadata(crashed.path().join("tether.wal")).unwrap().len(), 0, "replayed, then emptied");
@@ -680,16 +694,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let saved = store.save("car-1".into(), record(b"two", &[("k2", b"e2")], &["k1"]), None);
-        let (done, halted) = oneshot::channel();
-        store.send(Op::Halt(done));
+        let halted = halt(&store);
         saved.await.unwrap().unwrap();
         halted.await.unwrap();
-        let crashed = tempfile::tempdir().unwrap();
-        copy_dir(dir.path(), crashed.path());
+        let crashed = crash_image(dir.path());
         // The checkpoint alone holds the first save.
-        let without_log = tempfile::tempdir().unwrap();
-        std::fs::copy(crashed.path().join("tether.redb"), without_log.path().join("tether.redb")).unwrap();
-        let checkpointed = RedbStore::open(without_log.path()).unwrap().load_all().unwrap();
+        let checkpointed = database_alone(crashed.path());
         assert_eq!(checkpointed[0].record, Bytes::from_static(b"one"));
         // With the log, the second save too.
         let all = RedbStore::open(crashed.path()).unwrap().load_all().unwrap();
