@@ -16,7 +16,6 @@
 //! the task count is observable and shutdown can wait for all of them.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -174,11 +173,17 @@ pub async fn accept_loop<S>(
         match &tls {
             None => {
                 let service = WithPeer { inner: service, identity: None };
-                tasks.spawn(serve(stream, peer, service, builder, shutdown, grace, gauge));
+                tasks.spawn(serve(Box::new((stream, service)), peer, builder, shutdown, grace, gauge));
             }
             Some(tls) => {
                 let tls = tls.clone();
                 let stats = stats.clone();
+                let serving = tasks.clone();
+                // The handshake has a task of its own, which hands the stream
+                // to a new task that only serves: a task is allocated at the
+                // size of its largest state, and one that did both held the
+                // handshake's state beside the connection's for the
+                // connection's whole life (6.4 KiB against 3.3 KiB).
                 tasks.spawn(async move {
                     let Some(stream) = tls.handshake(stream, peer, &stats, &shutdown).await else { return };
                     let identity = stream
@@ -188,7 +193,8 @@ pub async fn accept_loop<S>(
                         .and_then(|chain| chain.first())
                         .and_then(|cert| crate::tls::identity(cert, tls.identity_from))
                         .map(Arc::new);
-                    serve(stream, peer, WithPeer { inner: service, identity }, builder, shutdown, grace, gauge).await;
+                    let service = WithPeer { inner: service, identity };
+                    serving.spawn(serve(Box::new((stream, service)), peer, builder, shutdown, grace, gauge));
                 });
             }
         }
@@ -242,10 +248,15 @@ impl TlsTermination {
 }
 
 /// Serves one connection until it ends or shutdown drains it.
+///
+/// The stream and the service come boxed, and are moved out of the box into
+/// the connection at once: an `async fn`'s arguments keep their own slots in
+/// its future for its whole life, beside the connection made from them, so
+/// passed by value they were held twice (for a TLS stream, 1.2 KiB more per
+/// connection).
 async fn serve<I, S>(
-    io: I,
+    parts: Box<(I, S)>,
     peer: SocketAddr,
-    service: S,
     builder: Arc<Builder>,
     shutdown: CancellationToken,
     grace: Duration,
@@ -256,6 +267,7 @@ async fn serve<I, S>(
     S::Future: Send + 'static,
 {
     let _gauge = gauge;
+    let (io, service) = *parts;
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     tokio::select! {
