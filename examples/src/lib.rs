@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod faults;
 pub mod logging;
+pub mod loopback;
 pub mod proxy;
 pub mod server_addr;
 pub mod sim;

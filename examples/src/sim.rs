@@ -59,6 +59,11 @@ pub struct FleetConfig {
     /// Mutual TLS: each vehicle presents its own certificate (so each has its
     /// own connection). `None`: plaintext.
     pub tls: Option<FleetTls>,
+    /// Connections leave from 127.0.0.1 to 127.0.0.N in turn, each address
+    /// with its own ephemeral ports ([`crate::loopback`]); 1: the kernel's
+    /// choice. Above 1 the vehicles must dial a loopback IPv4 address (tetherd
+    /// itself, or the link proxies).
+    pub source_addresses: u8,
 }
 
 /// The fleet's TLS: the CA that signed tetherd's certificate and a folder of
@@ -137,6 +142,13 @@ impl Fleet {
         );
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         let host = crate::server_addr::host(&config.server)?;
+        anyhow::ensure!(config.source_addresses >= 1, "--source-addresses must be at least 1");
+        anyhow::ensure!(
+            config.source_addresses == 1
+                || !config.faults.is_none()
+                || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback()),
+            "--source-addresses above 1 spreads connections over 127.0.0.x, so the server must be a loopback IPv4 address (not {host})"
+        );
         let faults = Arc::new(FaultCounters::default());
         let upstream =
             if config.faults.is_none() { None } else { Some(crate::server_addr::resolve(&config.server).await?) };
@@ -166,7 +178,10 @@ impl Fleet {
             // keepalive every 20 s, answered within 10 s), so a dead link is
             // noticed even when idle.
             let tls = config.tls.as_ref().map(|tls| tls.for_vehicle(&vehicle_id(first), &host)).transpose()?;
-            let channel = tether_sdk::lazy_channel(&url, tls.as_ref())?;
+            let channel = match crate::loopback::source_address(fleet.connections, config.source_addresses) {
+                Some(source) => tether_sdk::lazy_channel_from(&url, tls.as_ref(), source)?,
+                None => tether_sdk::lazy_channel(&url, tls.as_ref())?,
+            };
             fleet.connections += 1;
             let last = (first + config.per_connection).min(config.vehicles);
             for index in first..last {

@@ -4,7 +4,7 @@
 //! source addresses 127.0.0.1, .2, ... — the vehicles of the write
 //! scenarios.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -90,7 +90,7 @@ impl ApplyingFleet {
         for group in 0..connections {
             let first = group * options.per_connection;
             let members: Vec<usize> = (first..(first + options.per_connection).min(options.vehicles)).collect();
-            let source = source_address(group, options.source_addresses);
+            let source = crate::loopback::source_address(group, options.source_addresses);
             let (url, ids) = (url.to_string(), members.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>());
             let (stop, permits, applied, tasks2) = (stop.clone(), permits.clone(), applied.clone(), tasks.clone());
             let (connected, failed, retries, done) = (connected.clone(), failed.clone(), retries.clone(), done.clone());
@@ -207,14 +207,4 @@ async fn open_group(
     };
     let sessions = ids.iter().map(|id| LeanVehicle::connect_over(channel.clone(), id.clone()));
     futures::future::try_join_all(sessions).await
-}
-
-/// The source address of the `index`-th connection: `None` (the kernel's
-/// choice) for one address, else 127.0.0.1 to 127.0.0.`count` in turn.
-fn source_address(index: usize, count: u8) -> Option<IpAddr> {
-    if count <= 1 {
-        return None;
-    }
-    let host = 1 + (index % usize::from(count)) as u8;
-    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
 }

@@ -9,7 +9,6 @@
 //! stream: what a bare tonic server pays for an idle stream per connection.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -253,7 +252,7 @@ async fn measure(server: Server<'_>, config: &IdleMemoryConfig) -> anyhow::Resul
     let overflows_before = super::rss::listen_overflows();
     let started = Instant::now();
     for index in 0..config.vehicles {
-        let local_address = source_address(index, config.source_addresses);
+        let local_address = crate::loopback::source_address(index, config.source_addresses);
         let (url, stop, permits) = (url.clone(), stop.clone(), permits.clone());
         let (failed, retries, timings) = (failed.clone(), retries.clone(), timings.clone());
         let security = config.security.clone();
@@ -417,17 +416,6 @@ impl Timings {
     }
 }
 
-/// The source address of the `index`-th vehicle: `None` (the kernel's
-/// choice) for one address, else 127.0.0.1 to 127.0.0.`count` in turn.
-/// Each source address has its own ~28,000 ephemeral ports to tetherd.
-fn source_address(index: usize, count: u8) -> Option<IpAddr> {
-    if count <= 1 {
-        return None;
-    }
-    let host = 1 + (index % usize::from(count)) as u8;
-    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
-}
-
 /// Polls until the server holds `expected` sessions; fails when vehicles
 /// gave up, or when progress stops for long.
 async fn wait_for_sessions(
@@ -504,17 +492,4 @@ pub(crate) fn sessions_connections(report: &IdleMemoryReport) -> String {
 /// A listen-overflow count for a table.
 pub(crate) fn overflows(count: Option<u64>) -> String {
     count.map_or_else(|| "?".to_string(), |n| n.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spreads_over_source_addresses() {
-        assert_eq!(source_address(5, 1), None);
-        assert_eq!(source_address(0, 4), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))));
-        assert_eq!(source_address(5, 4), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
-        assert_eq!(source_address(255, 255), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))));
-    }
 }

@@ -81,6 +81,11 @@ struct Args {
     /// The name tetherd's certificate must carry (default: the URL's host).
     #[arg(long, env = "TETHER_TLS_DOMAIN", value_name = "NAME")]
     tls_domain: Option<String>,
+    /// Spread the connections over 127.0.0.1 .. 127.0.0.N, each address with
+    /// its own ephemeral ports (for tens of thousands of connections to a
+    /// loopback tetherd); 1: the kernel's choice.
+    #[arg(long, default_value_t = 1)]
+    source_addresses: u8,
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -134,6 +139,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             (Some(ca), Some(cert_dir)) => Some(FleetTls { ca, cert_dir, domain: args.tls_domain.clone() }),
             _ => None,
         },
+        source_addresses: args.source_addresses,
     };
     anyhow::ensure!(
         config.tls.is_some() == args.server.starts_with("https://"),

@@ -250,6 +250,11 @@ struct ReconnectStormArgs {
     /// a crash (SIGKILL).
     #[arg(long)]
     drain: bool,
+    /// Spread the agents' connections over 127.0.0.1 .. 127.0.0.N: from one
+    /// address, finding a free ephemeral port for each of 18,000 reconnects
+    /// costs the simulator half its CPU.
+    #[arg(long, default_value_t = 32)]
+    source_addresses: u8,
 }
 
 #[tokio::main]
@@ -294,6 +299,7 @@ async fn main() -> ExitCode {
             vehicles: a.vehicles,
             tls: !a.plaintext,
             restart: if a.drain { Restart::Term } else { Restart::Kill },
+            source_addresses: a.source_addresses,
         })],
         Scenario::WriteRate(a) => vec![Run::WriteRate(WriteRateConfig {
             setup: a.fleet.setup(),

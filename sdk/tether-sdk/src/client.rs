@@ -101,6 +101,18 @@ pub fn lazy_channel(endpoint: impl Into<String>, tls: Option<&Tls>) -> Result<Ch
     Ok(endpoint_with(endpoint.into(), tls)?.connect_lazy())
 }
 
+/// [`lazy_channel`] whose connections leave from `local_address`: for a
+/// host with several links that must use one of them (a vehicle's cellular
+/// modem rather than its Wi-Fi), or a simulator spreading thousands of
+/// connections over loopback addresses, each with its own ephemeral ports.
+pub fn lazy_channel_from(
+    endpoint: impl Into<String>,
+    tls: Option<&Tls>,
+    local_address: std::net::IpAddr,
+) -> Result<Channel, Error> {
+    Ok(endpoint_with(endpoint.into(), tls)?.local_address(Some(local_address)).connect_lazy())
+}
+
 impl Client {
     /// Connects to tetherd at `endpoint`, e.g. `"http://127.0.0.1:50051"`.
     /// The whole connect (TCP, HTTP/2) is bounded at 10 s.
@@ -253,6 +265,20 @@ fn checked(vehicle_id: String) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_channel_from_a_local_address_connects_from_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let source: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+        let client = Client::from_channel(lazy_channel_from(&url, None, source).unwrap());
+        // The call cannot finish (no HTTP/2 server listens); it makes the
+        // channel connect.
+        let call = tokio::spawn(async move { client.get_vehicle("sim-0000").await });
+        let (_stream, peer) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+        assert_eq!(peer.ip(), source);
+        call.abort();
+    }
 
     #[tokio::test]
     async fn bad_endpoints_and_ids_fail_clearly() {

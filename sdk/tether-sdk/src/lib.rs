@@ -19,7 +19,9 @@ mod view;
 pub use tether_proto as pb;
 
 pub use agent::{Agent, AgentBuilder, AgentEvent, AgentHandle, Capability, FieldChange, RecordingCapability, Refusal};
-pub use client::{Client, RetryPolicy, SetDesired, TokenSource, WaitLevel, WatchStream, lazy_channel};
+pub use client::{
+    Client, RetryPolicy, SetDesired, TokenSource, WaitLevel, WatchStream, lazy_channel, lazy_channel_from,
+};
 pub use error::Error;
 pub use futures::future::BoxFuture;
 pub use outcome::{FieldOutcome, WriteOutcome};

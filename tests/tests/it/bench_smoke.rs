@@ -117,7 +117,7 @@ async fn a_reconnect_storm_brings_every_vehicle_back_resynced() {
     use tether_examples::bench::reconnect_storm::{self, ReconnectStormConfig};
     // mTLS with a certificate per agent, after a crash and after a drain.
     for restart in [Restart::Kill, Restart::Term] {
-        let config = ReconnectStormConfig { vehicles: 50, tls: true, restart };
+        let config = ReconnectStormConfig { vehicles: 50, tls: true, restart, source_addresses: 4 };
         let report = reconnect_storm::run(&tetherd(), &config).await.expect("reconnect-storm runs");
         assert_eq!(report.writes, 50, "{report:?}");
         assert!(report.sessions_after_restart >= 50, "{report:?}");

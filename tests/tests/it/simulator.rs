@@ -28,6 +28,8 @@ async fn over_flaky_links_every_field_is_applied_exactly_once() {
         },
         state_dir: None,
         tls: None,
+        // The links leave from 127.0.0.1 to 127.0.0.3 in turn.
+        source_addresses: 3,
     };
     let fleet = Fleet::start(&config).await.unwrap();
     let client = Client::connect(server.url()).await.unwrap();

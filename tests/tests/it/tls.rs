@@ -367,10 +367,16 @@ async fn the_simulator_and_the_cli_take_certificates_and_tokens() {
         },
         state_dir: None,
         tls: Some(FleetTls { ca: path("ca.pem"), cert_dir: dir.path().to_path_buf(), domain: None }),
+        source_addresses: 1,
     };
     let shared = FleetConfig { per_connection: 2, ..config.clone() };
     let err = Fleet::start(&shared).await.unwrap_err().to_string();
     assert!(err.contains("--per-connection 1"), "{err}");
+    // Spreading over 127.0.0.x source addresses cannot reach a server named
+    // by a host name (localhost may be ::1).
+    let spread = FleetConfig { source_addresses: 2, ..config.clone() };
+    let err = Fleet::start(&spread).await.unwrap_err().to_string();
+    assert!(err.contains("loopback IPv4 address (not localhost)"), "{err}");
     let fleet = Fleet::start(&config).await.unwrap();
     eventually("the fleet connects over mTLS", BOUND, || async { (fleet.status().connected == 2).then_some(()) }).await;
 
