@@ -201,6 +201,14 @@ pub struct Config {
     #[arg(long, env = "TETHER_MAX_HANDSHAKES", default_value_t = 256)]
     pub max_handshakes: usize,
 
+    /// How long a TLS session ticket lets a client reconnect without
+    /// certificates (a resumed handshake costs a fraction of a full one);
+    /// 0 for no tickets. The ticket keys are kept in the data directory
+    /// (`tls-tickets.key`: as secret as the CA key), so tickets survive a
+    /// restart; a reload of the TLS files voids them. At most 7 days.
+    #[arg(long, env = "TETHER_TLS_TICKET_LIFETIME", default_value = "12h", value_parser = duration)]
+    pub tls_ticket_lifetime: Duration,
+
     /// A JWKS file (JSON) of the keys app tokens are signed with; each key has
     /// a `kid` and an `alg` of ES256, EdDSA or RS256. Rotate keys by editing it.
     #[arg(long, env = "TETHER_JWKS", requires_all = ["jwt_issuer", "jwt_audience"])]
@@ -314,6 +322,9 @@ impl Config {
         }
         if self.otlp_metrics_interval.is_some_and(|i| i < Duration::from_millis(10)) {
             return Err("otlp_metrics_interval (--otlp-metrics-interval) must be at least 10ms".into());
+        }
+        if self.tls_ticket_lifetime > Duration::from_secs(7 * 24 * 3600) {
+            return Err("tls_ticket_lifetime (--tls-ticket-lifetime) must be at most 7 days (TLS 1.3's limit)".into());
         }
         if self.max_handshakes == 0 {
             return Err("max_handshakes (--max-handshakes) must be at least 1".into());

@@ -40,6 +40,12 @@ pub fn render(hub: &Hub, tasks: &TaskTracker) -> String {
         get(&s.heartbeat_misses),
     );
     out.counter("tether_connections_refused_total", "Connections refused at the cap.", get(&s.connections_refused));
+    out.labelled(
+        "tether_tls_handshakes_total",
+        "TLS handshakes completed: in full, or resuming a session with a ticket.",
+        "kind",
+        [("full", &s.tls_full_handshakes), ("resumed", &s.tls_resumed_handshakes)].into_iter(),
+    );
     out.counter("tether_bytes_received_total", "Bytes read from connections.", get(&s.bytes_in));
     out.counter("tether_bytes_sent_total", "Bytes written to connections.", get(&s.bytes_out));
     out.labelled(

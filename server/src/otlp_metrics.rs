@@ -176,6 +176,15 @@ fn register(meter: &Meter, hub: &Arc<Hub>, tasks: &TaskTracker) {
     counter(meter, "tether.connections.refused", "{connection}", "Connections refused at the cap.", s, |s| {
         &s.connections_refused
     });
+    labelled(
+        meter,
+        "tether.tls.handshakes",
+        "{handshake}",
+        "TLS handshakes completed: in full, or resuming a session with a ticket.",
+        "tether.tls.handshake.kind",
+        s,
+        |s| vec![("full", &s.tls_full_handshakes), ("resumed", &s.tls_resumed_handshakes)],
+    );
     let st = s.clone();
     meter
         .u64_observable_counter("tether.network.io")

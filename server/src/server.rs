@@ -117,7 +117,9 @@ fn load_schema(config: &Config) -> Result<StateSchema, StartError> {
 pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     config.validate().map_err(StartError::Config)?;
     let schema = load_schema(&config)?;
-    let tls_state = config.tls_files().map(TlsState::load).transpose()?.map(Arc::new);
+    let tickets =
+        (!config.tls_ticket_lifetime.is_zero()).then_some((config.data_dir.as_path(), config.tls_ticket_lifetime));
+    let tls_state = config.tls_files().map(|files| TlsState::load(files, tickets)).transpose()?.map(Arc::new);
     let tls = tls_state.as_ref().map(|state| TlsTermination {
         state: state.clone(),
         handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),

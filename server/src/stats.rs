@@ -157,6 +157,10 @@ pub struct Stats {
     pub sessions_superseded: AtomicU64,
     /// Connections refused at the connection cap since start.
     pub connections_refused: AtomicU64,
+    /// TLS handshakes completed in full (certificates verified).
+    pub tls_full_handshakes: AtomicU64,
+    /// TLS handshakes that resumed a session with a ticket.
+    pub tls_resumed_handshakes: AtomicU64,
     /// Vehicle streams that ended before their session opened, by [`HandshakeFailure`].
     pub handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     /// Heartbeat intervals in which a live session heard nothing.

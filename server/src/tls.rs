@@ -18,6 +18,10 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+mod tickets;
+
+use tickets::Tickets;
+
 /// Which part of the client certificate names the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,7 +82,7 @@ pub struct TlsFiles {
 
 /// Builds the server config (client certificates from `client_ca` required)
 /// and the set of revoked serials.
-fn build(files: &TlsFiles) -> Result<(Arc<rustls::ServerConfig>, Revoked), TlsError> {
+fn build(files: &TlsFiles, tickets: Option<&Arc<Tickets>>) -> Result<(Arc<rustls::ServerConfig>, Revoked), TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| file_error(&files.cert, e))?
         .collect::<Result<_, _>>()
@@ -120,6 +124,12 @@ fn build(files: &TlsFiles) -> Result<(Arc<rustls::ServerConfig>, Revoked), TlsEr
         .map_err(|e| TlsError::Config(e.to_string()))?;
     // gRPC over HTTP/2; HTTP/1.1 for gRPC-Web from browsers.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Some(tickets) = tickets {
+        config.ticketer = tickets.clone();
+        // A vehicle holds one connection: one ticket per handshake is enough
+        // to resume the next (rustls sends two by default).
+        config.send_tls13_tickets = 1;
+    }
     Ok((Arc::new(config), Arc::new(revoked)))
 }
 
@@ -130,6 +140,8 @@ pub struct TlsState {
     files: TlsFiles,
     config: RwLock<(Arc<rustls::ServerConfig>, u64)>,
     revoked: watch::Sender<Revoked>,
+    /// Session tickets (`None`: every connect is a full handshake).
+    tickets: Option<Arc<Tickets>>,
 }
 
 impl std::fmt::Debug for TlsState {
@@ -139,11 +151,20 @@ impl std::fmt::Debug for TlsState {
 }
 
 impl TlsState {
-    /// Loads the files; fails with a message naming the file.
-    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+    /// Loads the files; fails with a message naming the file. With
+    /// `tickets` (the data directory and a lifetime), clients may resume
+    /// their sessions with a ticket, across restarts.
+    pub fn load(files: TlsFiles, tickets: Option<(&Path, Duration)>) -> Result<Self, TlsError> {
         let fingerprint = fingerprint(&files)?;
-        let (config, revoked) = build(&files)?;
-        Ok(TlsState { files, config: RwLock::new((config, fingerprint)), revoked: watch::channel(revoked).0 })
+        let tickets = tickets.map(|(dir, lifetime)| Arc::new(Tickets::open(dir, lifetime, fingerprint)));
+        let (config, revoked) = build(&files, tickets.as_ref())?;
+        Ok(TlsState { files, config: RwLock::new((config, fingerprint)), revoked: watch::channel(revoked).0, tickets })
+    }
+
+    /// Whether a reloaded CRL revokes the certificate with `serial`. A
+    /// resumed session skips rustls's verifier, so the accept loop asks this.
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        self.revoked.borrow().contains(serial)
     }
 
     /// An acceptor with the current configuration.
@@ -163,7 +184,12 @@ impl TlsState {
         if !force && self.config.read().unwrap_or_else(|p| p.into_inner()).1 == fingerprint {
             return Ok(false);
         }
-        let (config, revoked) = build(&self.files)?;
+        let (config, revoked) = build(&self.files, self.tickets.as_ref())?;
+        // No ticket from before the reload resumes: it may carry a
+        // certificate of a CA that is no longer trusted.
+        if let Some(tickets) = &self.tickets {
+            tickets.reset(fingerprint);
+        }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = (config, fingerprint);
         self.revoked.send_replace(revoked);
         Ok(true)

@@ -106,6 +106,13 @@ impl TestServer {
             .sum()
     }
 
+    /// TLS handshakes completed so far: (in full, resumed with a ticket).
+    pub fn tls_handshakes(&self) -> (u64, u64) {
+        let stats = &self.handle.as_ref().expect("running").hub().stats;
+        let get = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        (get(&stats.tls_full_handshakes), get(&stats.tls_resumed_handshakes))
+    }
+
     /// A new connection to the server.
     pub async fn channel(&self) -> Channel {
         channel(&self.url()).await

@@ -38,8 +38,11 @@ impl Pki {
     async fn server_with(&self, more: impl FnOnce(&mut tetherd::Config)) -> TestServer {
         let (cert, key, ca, crl) =
             (self.path("server.pem"), self.path("server.key"), self.path("ca.pem"), self.path("fleet.crl"));
-        // An empty CRL to start with; tests revoke by rewriting it.
-        std::fs::write(&crl, self.ca.crl(&[]).unwrap()).unwrap();
+        // An empty CRL to start with; tests revoke by rewriting it. A node
+        // restarted on this PKI finds the same files.
+        if !crl.exists() {
+            std::fs::write(&crl, self.ca.crl(&[]).unwrap()).unwrap();
+        }
         TestServer::start_with(move |c| {
             c.tls_cert = Some(cert);
             c.tls_key = Some(key);
@@ -168,6 +171,61 @@ async fn a_certificate_for_one_vehicle_cannot_say_hello_as_another() {
     assert_eq!(server.stats().sessions, 0);
     // The same connection may be car-a.
     assert!(matches!(hello(channel, "car-a").await.unwrap().0, server_message::Kind::Welcome(_)));
+}
+
+/// An endpoint presenting `identity`: its connections share one client TLS
+/// configuration, and so its ticket store, as an agent's do.
+fn tls_endpoint(addr: std::net::SocketAddr, ca_pem: &str, identity: &Issued) -> Endpoint {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+    Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap()
+}
+
+#[tokio::test]
+async fn a_restarted_node_resumes_tls_sessions_but_never_for_an_expired_certificate() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let first = pki.server_with(|c| c.data_dir = data.path().to_path_buf()).await;
+    let addr = first.addr;
+    let car = pki.vehicle("car-t", Duration::from_secs(3600));
+    let endpoint = tls_endpoint(addr, &pki.ca.cert_pem, &car);
+    let (kind, v) = hello(endpoint.connect().await.unwrap(), "car-t").await.unwrap();
+    assert!(matches!(kind, server_message::Kind::Welcome(_)), "{kind:?}");
+    assert_eq!(first.tls_handshakes(), (1, 0));
+    drop(v);
+    first.shutdown().await;
+
+    // The same node again, on the same port and data: the vehicle's ticket
+    // from before the restart resumes, and names the vehicle.
+    let again = pki
+        .server_with(|c| {
+            c.data_dir = data.path().to_path_buf();
+            c.listen = addr;
+        })
+        .await;
+    let (kind, _v) = hello(endpoint.connect().await.unwrap(), "car-t").await.unwrap();
+    assert!(matches!(kind, server_message::Kind::Welcome(_)), "{kind:?}");
+    assert_eq!(again.tls_handshakes(), (0, 1));
+
+    // A certificate that expires after its ticket was issued: the resumed
+    // handshake brings the old certificate, and the node refuses it.
+    let brief = pki.vehicle("car-brief", Duration::from_secs(2));
+    let brief_endpoint = tls_endpoint(addr, &pki.ca.cert_pem, &brief);
+    let (kind, v) = hello(brief_endpoint.connect().await.unwrap(), "car-brief").await.unwrap();
+    assert!(matches!(kind, server_message::Kind::Welcome(_)), "{kind:?}");
+    drop(v);
+    let expired = SystemTime::now() + Duration::from_secs(3);
+    eventually("the certificate expires", BOUND, || async { (SystemTime::now() > expired).then_some(()) }).await;
+    let refused_before = again.handshake_failures();
+    let refused = match brief_endpoint.connect().await {
+        Err(_) => true,
+        Ok(channel) => hello(channel, "car-brief").await.is_err(),
+    };
+    assert!(refused, "an expired certificate is refused even when its session resumes");
+    assert_eq!(again.handshake_failures(), refused_before + 1);
+    assert_eq!(again.tls_handshakes(), (1, 2), "the refused connection had resumed: the node refused it, not rustls");
 }
 
 #[tokio::test]
