@@ -68,6 +68,14 @@ pub struct Kick {
     pub message: String,
 }
 
+/// A session refused because the vehicle's live session came from a
+/// connection that arrived after its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Stale {
+    /// The live, newer session.
+    pub newer: u64,
+}
+
 /// The live session of a vehicle.
 #[derive(Debug)]
 pub struct LiveSession {
@@ -388,20 +396,33 @@ impl Hub {
         self.expiries.lock().unwrap_or_else(|p| p.into_inner()).push(Reverse((at, id.clone())));
     }
 
-    /// Opens a session for a vehicle, superseding (and kicking) any live one.
-    /// Returns the session id and the receiver through which this session
-    /// may itself be kicked later.
+    /// The id of a session whose stream just arrived. Ids follow the streams'
+    /// arrival, not their Hellos: a vehicle that gave up on a slow Connect
+    /// and opened another may have its first Hello read after the second,
+    /// and arrival order is what says which connection is the newer.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Opens session `id` (from [`Hub::next_session_id`]) for a vehicle,
+    /// superseding (and kicking) any live one that arrived before it.
+    /// Returns the receiver through which this session may itself be kicked
+    /// later, or [`Stale`] (and changes nothing) when the live session's
+    /// stream arrived after this one's.
     pub fn open_session(
         &self,
         cell: &VehicleCell,
+        id: u64,
         agent_version: &str,
         now: SystemTime,
         on_open: impl FnOnce(&mut VehicleInner) -> Change,
-    ) -> (u64, oneshot::Receiver<Kick>) {
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+    ) -> Result<oneshot::Receiver<Kick>, Stale> {
         let (kick, kicked) = oneshot::channel();
-        let ((), _) = self.update(cell, |inner| {
+        self.update(cell, |inner| {
             let p = &mut inner.presence;
+            if let Some(live) = p.live.as_ref().filter(|live| live.id > id) {
+                return (Err(Stale { newer: live.id }), Change::NONE);
+            }
             if let Some(old) = p.live.take() {
                 crate::stats::bump(&self.stats.sessions_superseded);
                 if let Some(kick) = old.kick {
@@ -421,9 +442,9 @@ impl Hub {
             };
             let mut change = on_open(inner);
             change.presence = true;
-            ((), change)
-        });
-        (id, kicked)
+            (Ok(kicked), change)
+        })
+        .0
     }
 
     /// Ends session `id` if it is still the live one: presence never flips
@@ -576,7 +597,9 @@ mod tests {
         let hub = Hub::load(store.clone(), Arc::new(LocalRouter), StateSchema::contract(), limits, Arc::default())
             .expect("an empty store loads");
         let cell = hub.get_or_create("car-1");
-        let (session, _kick) = hub.open_session(&cell, "test", SystemTime::now(), |_| Change::NONE);
+        let session = hub.next_session_id();
+        let _kick =
+            hub.open_session(&cell, session, "test", SystemTime::now(), |_| Change::NONE).expect("no newer session");
         let mut changes = cell.subscribe();
         changes.borrow_and_update();
         let due = |cell: &VehicleCell| cell.lock().snapshot_due(session, cell.committed());

@@ -29,11 +29,13 @@ pub enum HandshakeFailure {
     TlsRefused,
     /// The TLS handshake did not finish in time.
     TlsTimeout,
+    /// A newer connection of the same vehicle opened its session first.
+    Superseded,
 }
 
 impl HandshakeFailure {
     /// Every reason, in label order.
-    pub const ALL: [HandshakeFailure; 9] = [
+    pub const ALL: [HandshakeFailure; 10] = [
         HandshakeFailure::Timeout,
         HandshakeFailure::NotHello,
         HandshakeFailure::InvalidVehicleId,
@@ -43,6 +45,7 @@ impl HandshakeFailure {
         HandshakeFailure::WrongVehicle,
         HandshakeFailure::TlsRefused,
         HandshakeFailure::TlsTimeout,
+        HandshakeFailure::Superseded,
     ];
 
     /// The metric label.
@@ -57,6 +60,7 @@ impl HandshakeFailure {
             HandshakeFailure::WrongVehicle => "wrong_vehicle",
             HandshakeFailure::TlsRefused => "tls_refused",
             HandshakeFailure::TlsTimeout => "tls_timeout",
+            HandshakeFailure::Superseded => "superseded",
         }
     }
 }

@@ -85,7 +85,9 @@ impl VehicleService for VehicleApi {
     async fn connect(&self, req: Request<Streaming<VehicleMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let identity = req.extensions().get::<Arc<PeerIdentity>>().cloned();
-        let session = Session { api: self.clone(), identity };
+        // Numbered on arrival, before its Hello is read (see `Hub::next_session_id`).
+        let id = self.hub.next_session_id();
+        let session = Session { api: self.clone(), identity, id };
         self.tasks.spawn(session.run(req.into_inner(), tx));
         let unbox: fn(OutboundItem) -> Result<ServerMessage, Status> = |item| item.map(|m| *m).map_err(|s| *s);
         Ok(Response::new(futures::StreamExt::map(ReceiverStream::new(rx), unbox)))
@@ -112,6 +114,8 @@ struct Session {
     api: VehicleApi,
     /// The verified identity of the connection (TLS), if any.
     identity: Option<Arc<PeerIdentity>>,
+    /// The session's id, taken when its stream arrived.
+    id: u64,
 }
 
 /// How a session ends.
@@ -200,12 +204,28 @@ impl Session {
         let cell = hub.get_or_create(&hello.vehicle_id);
         let last_applied = hello.last_applied_generation;
         let mut before = 0;
-        let (session_id, kicked) = hub.open_session(&cell, &hello.agent_version, SystemTime::now(), |inner| {
+        let session_id = self.id;
+        let opened = hub.open_session(&cell, session_id, &hello.agent_version, SystemTime::now(), |inner| {
             before = inner.record.generation;
             inner.record.hello(last_applied, actual, results);
             inner.presence.sent_generation = last_applied;
             Change { actual: true, status: true, ..Change::NONE }
         });
+        let kicked = match opened {
+            Ok(kicked) => kicked,
+            Err(stale) => {
+                // A newer connection of this vehicle said Hello first: this
+                // one is the older, and is superseded before it begins.
+                failed(HandshakeFailure::Superseded);
+                tracing::info!(vehicle = %cell.id, session = session_id, newer = stale.newer, "refused: a newer session is live");
+                let message =
+                    format!("session {session_id} superseded by session {} (a newer connection)", stale.newer);
+                let goodbye = pb::Goodbye { reason: GoodbyeReason::Superseded as i32, message, reconnect_after: None };
+                let msg = ServerMessage { kind: Some(server_message::Kind::Goodbye(goodbye)) };
+                let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(ok(msg))).await;
+                return;
+            }
+        };
         // The record's generation may have risen to what the vehicle already
         // handled, which adds no write: if all before it was committed, so is
         // the record now.

@@ -44,6 +44,46 @@ async fn a_second_connection_supersedes_the_first_which_never_comes_back() {
 }
 
 #[tokio::test]
+async fn a_connect_whose_hello_comes_after_a_newer_session_does_not_supersede_it() {
+    use tether_proto::RawState;
+    use tether_proto::vehicle::v1::vehicle_service_client::VehicleServiceClient;
+    use tether_proto::vehicle::v1::{Hello, VehicleMessage, vehicle_message};
+
+    let server = TestServer::start_with(|c| c.heartbeat_interval = Duration::from_secs(30)).await;
+    // A Connect the vehicle gave up on: its stream is open, its Hello still
+    // on the way (a node too busy to read it in time).
+    let (late_tx, out) = tokio::sync::mpsc::channel(4);
+    let mut late = VehicleServiceClient::new(server.channel().await)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(out))
+        .await
+        .unwrap()
+        .into_inner();
+    // The vehicle's next Connect opens its session.
+    let (mut live, welcome) = RawVehicle::connect(server.channel().await, "car-late", 0).await;
+    let hello = Hello { vehicle_id: "car-late".into(), actual: Some(RawState::default()), ..Default::default() };
+    late_tx.send(VehicleMessage { kind: Some(vehicle_message::Kind::Hello(hello)) }).await.unwrap();
+
+    // The late Hello is the older connection's: it is the one superseded.
+    let first = tokio::time::timeout(BOUND, late.message()).await.expect("an answer").unwrap();
+    match first.and_then(|m| m.kind) {
+        Some(server_message::Kind::Goodbye(g)) => {
+            assert_eq!(g.reason, GoodbyeReason::Superseded as i32);
+            assert!(g.message.contains("newer connection"), "{}", g.message);
+        }
+        other => panic!("expected a goodbye, got {other:?}"),
+    }
+    // The newer session goes on, and presence names it.
+    live.heartbeat(1).await;
+    assert!(matches!(live.next().await, Some(server_message::Kind::Heartbeat(_))));
+    let app = server.app().await;
+    let v = app.clone().get_vehicle(GetVehicleRequest { vehicle_id: "car-late".into() }).await.unwrap().into_inner();
+    let presence = v.presence.unwrap();
+    assert!(presence.online);
+    assert_eq!(presence.session_id, welcome.session_id);
+    assert_eq!(server.stats().sessions_superseded, 0);
+}
+
+#[tokio::test]
 async fn a_silent_vehicle_is_closed_within_interval_times_misses_and_freed() {
     // 200 ms x 3 misses.
     let server = TestServer::start().await;
