@@ -34,7 +34,8 @@ use super::{Tetherd, TetherdOptions};
 pub const DURABILITY: &str = "ACCEPTED = the write and its audit record are in a frame of the store's \
      write-ahead log (tether.wal: one append and one fdatasync per commit, crc32 per frame) written by the store's \
      single writer thread, which folds every save queued behind the first (up to 4,096) into one commit (group \
-     commit); redb takes the same changes in a non-durable commit and is made durable by a checkpoint (every 64 MiB \
+     commit); after answering, redb takes the same changes in a non-durable commit (audit reads wait for it) and is \
+     made durable by a checkpoint (every 64 MiB \
      of log, after 1 s without saves, and at close), and a restart replays the log above the last checkpoint; \
      tetherd answers or delivers only after the frame's fdatasync returned. The ack (DELIVERED) and report \
      (APPLIED) are saved through the same writer as lazy saves (committed with the next write, or within 10 ms), and \

@@ -5,16 +5,18 @@
 //! together.
 //!
 //! A batch is durable once its frame is in the write-ahead log
-//! ([`wal`](super::wal)): the writer applies it to redb in a non-durable
-//! commit (readers see it), appends the frame and `fdatasync`s the log, and
-//! only then answers. A checkpoint (a durable redb commit, then an empty log)
+//! ([`wal`](super::wal)): the writer appends the frame and `fdatasync`s the
+//! log, answers, and only then applies the frame to redb in a non-durable
+//! commit, off the write's path. A read of the audit trail waits until redb
+//! holds every frame logged before it began ([`Applied`]), so an answered
+//! write is always read back. A checkpoint (a durable redb commit, then an empty log)
 //! runs when the log reaches [`CHECKPOINT_BYTES`], after [`CHECKPOINT_IDLE`]
 //! without saves, and at close; opening replays what the log holds above the
 //! last checkpoint.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -85,9 +87,65 @@ enum Op {
     Halt(oneshot::Sender<()>),
 }
 
+/// How far redb has caught up with the log: readers wait on it.
+#[derive(Debug, Default)]
+struct Applied {
+    state: Mutex<AppliedState>,
+    caught_up: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct AppliedState {
+    /// The last frame in the log (answered).
+    logged: u64,
+    /// The last frame redb holds.
+    applied: u64,
+    /// Why redb stopped taking frames, if it did.
+    broken: Option<StoreError>,
+}
+
+/// Longest a read waits for redb to take the frames logged before it.
+const CATCH_UP_BOUND: Duration = Duration::from_secs(10);
+
+impl Applied {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AppliedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn logged(&self, seq: u64) {
+        self.lock().logged = seq;
+    }
+
+    fn applied(&self, seq: u64) {
+        self.lock().applied = seq;
+        self.caught_up.notify_all();
+    }
+
+    fn broken(&self, why: StoreError) {
+        self.lock().broken = Some(why);
+        self.caught_up.notify_all();
+    }
+
+    /// Waits until redb holds every frame logged so far.
+    fn wait(&self) -> Result<(), StoreError> {
+        let state = self.lock();
+        let target = state.logged;
+        let (state, timeout) = self
+            .caught_up
+            .wait_timeout_while(state, CATCH_UP_BOUND, |s| s.applied < target && s.broken.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        match &state.broken {
+            Some(why) => Err(why.clone()),
+            None if timeout.timed_out() => Err(err("the store's tables fell behind its log; retry")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// redb-backed [`Store`].
 pub struct RedbStore {
     db: Arc<Database>,
+    applied: Arc<Applied>,
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     epoch: u32,
@@ -152,17 +210,29 @@ impl RedbStore {
         };
         wal.reset().map_err(|e| err(format!("emptying {}: {e}", wal_path.display())))?;
         let db = Arc::new(db);
+        let applied = Arc::new(Applied::default());
+        applied.logged(wal_seq);
+        applied.applied(wal_seq);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
+        let writer_applied = applied.clone();
         let writer = std::thread::Builder::new()
             .name("tether-store".into())
             .spawn(move || {
-                let mut writer = Writer { db: &writer_db, audit_seq, wal, wal_seq, dirty: false, failed: None };
+                let mut writer = Writer {
+                    db: &writer_db,
+                    audit_seq,
+                    wal,
+                    wal_seq,
+                    dirty: false,
+                    failed: None,
+                    applied: writer_applied,
+                };
                 writer.run(&rx);
                 writer.checkpoint();
             })
             .map_err(err)?;
-        Ok(RedbStore { db, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), epoch })
+        Ok(RedbStore { db, applied, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), epoch })
     }
 }
 
@@ -181,9 +251,11 @@ struct Writer<'a> {
     wal_seq: u64,
     /// redb holds non-durable commits that no checkpoint has made durable.
     dirty: bool,
-    /// Set when the log could not be written: a batch redb took may not be
-    /// durable, so nothing more is accepted (and nothing checkpointed).
+    /// Set when the log could not be written, or redb could not take a
+    /// logged frame: nothing more is accepted, and nothing checkpointed (the
+    /// log stays the durable copy, replayed at the next start).
     failed: Option<StoreError>,
+    applied: Arc<Applied>,
 }
 
 impl Writer<'_> {
@@ -245,10 +317,11 @@ impl Writer<'_> {
                     None => break,
                 }
             }
-            let result = self.commit(&batch);
-            if let Err(e) = &result {
+            let logged = self.log(&batch);
+            if let Err(e) = &logged {
                 tracing::error!(error = %e, saves = batch.len(), "store commit failed");
             }
+            let result = logged.as_ref().map(drop).map_err(Clone::clone);
             for mut save in batch {
                 if result.is_ok()
                     && let Some(on_commit) = save.record.as_mut().and_then(|r| r.on_commit.take())
@@ -257,30 +330,54 @@ impl Writer<'_> {
                 }
                 let _ = save.done.send(result.clone());
             }
+            // Answered: now redb, off the writes' path.
+            if let Ok(frame) = logged {
+                self.apply_logged(&frame);
+            }
             if self.wal.len() >= CHECKPOINT_BYTES {
                 self.checkpoint();
             }
         }
     }
 
-    /// Commits a batch: redb (not durably), then its frame in the log.
-    fn commit(&mut self, batch: &[Save]) -> Result<(), StoreError> {
+    /// Makes a batch durable: its frame in the log. Returns the frame, for
+    /// redb.
+    fn log(&mut self, batch: &[Save]) -> Result<Frame, StoreError> {
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
         let frame = self.frame(batch);
-        let txn = self.begin_non_durable()?;
-        apply(&txn, &frame)?;
-        txn.commit().map_err(err)?;
-        self.dirty = true;
         if let Err(e) = self.wal.append(&frame) {
             let failed = err(format!("writing the write-ahead log failed ({e}); no further write is accepted"));
             self.failed = Some(failed.clone());
+            self.applied.broken(failed.clone());
             return Err(failed);
         }
         self.wal_seq = frame.seq;
         self.audit_seq = frame.audit_next;
-        Ok(())
+        self.applied.logged(frame.seq);
+        Ok(frame)
+    }
+
+    /// Applies a logged frame to redb (not durably: the log is the durable
+    /// copy until a checkpoint). A failure stops the store: the frame stays
+    /// in the log, which is never emptied again and is replayed at the next
+    /// start.
+    fn apply_logged(&mut self, frame: &Frame) {
+        let applied = self.begin_non_durable().and_then(|txn| {
+            apply(&txn, frame)?;
+            txn.commit().map_err(err)
+        });
+        self.dirty = true;
+        match applied {
+            Ok(()) => self.applied.applied(frame.seq),
+            Err(e) => {
+                tracing::error!(error = %e, seq = frame.seq, "the store's tables could not take a logged commit");
+                let failed = err(format!("the store's tables failed ({e}); no further write is accepted"));
+                self.failed = Some(failed.clone());
+                self.applied.broken(failed);
+            }
+        }
     }
 
     /// What a batch changes, as the next log frame.
@@ -466,6 +563,8 @@ impl Store for RedbStore {
     }
 
     fn audit_page(&self, vehicle: &str, before: Option<u64>, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        // Every answered write is read back: redb first takes what is logged.
+        self.applied.wait()?;
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(AUDIT).map_err(err)?;
         let mut out = Vec::new();
@@ -678,6 +777,23 @@ mod tests {
         let store = RedbStore::open(crashed.path()).unwrap();
         assert_eq!(store.load_all().unwrap().len(), 2);
         assert_eq!(texts(&store, "car-1").len(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_answered_audit_record_is_read_back_at_once() {
+        // The writer answers once the log holds a batch and applies it to
+        // redb afterwards: a read right after the answer must still see it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        for i in 0..300u64 {
+            let text = Bytes::from(format!("record {i}"));
+            let audit =
+                AuditEntry { vehicle: "car-1".into(), at: UNIX_EPOCH + Duration::from_secs(i), record: text.clone() };
+            let saved = store.save("car-1".into(), record(b"r", &[], &[]), Some(audit));
+            saved.await.unwrap().unwrap();
+            let newest = store.audit_page("car-1", None, 1).unwrap();
+            assert_eq!(newest.first().map(|(_, b)| b), Some(&text), "write {i}");
+        }
     }
 
     #[tokio::test]
