@@ -227,6 +227,7 @@ impl RedbStore {
                     dirty: false,
                     failed: None,
                     applied: writer_applied,
+                    unapplied: Vec::new(),
                 };
                 writer.run(&rx);
                 writer.checkpoint();
@@ -256,7 +257,15 @@ struct Writer<'a> {
     /// log stays the durable copy, replayed at the next start).
     failed: Option<StoreError>,
     applied: Arc<Applied>,
+    /// Frames logged and answered that redb has not taken yet: applied
+    /// together, in one redb commit, when no save is queued (or
+    /// [`APPLY_BATCH`] of them wait), and always before a prune or a
+    /// checkpoint.
+    unapplied: Vec<Frame>,
 }
+
+/// Most logged frames that wait for redb while saves keep coming.
+const APPLY_BATCH: usize = 16;
 
 impl Writer<'_> {
     /// Serves saves and prunes until the store closes (the caller then
@@ -264,6 +273,17 @@ impl Writer<'_> {
     fn run(&mut self, rx: &mpsc::Receiver<Op>) {
         let mut pending = None;
         loop {
+            if pending.is_none() {
+                // redb catches up when nothing is queued, or when enough waits.
+                pending = match rx.try_recv() {
+                    Ok(op) => Some(op),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => return,
+                };
+                if pending.is_none() || self.unapplied.len() >= APPLY_BATCH {
+                    self.catch_up();
+                }
+            }
             let first = match pending.take() {
                 Some(op) => op,
                 None if self.dirty => match rx.recv_timeout(CHECKPOINT_IDLE) {
@@ -330,9 +350,9 @@ impl Writer<'_> {
                 }
                 let _ = save.done.send(result.clone());
             }
-            // Answered: now redb, off the writes' path.
+            // Answered: redb takes it later, off the writes' path.
             if let Ok(frame) = logged {
-                self.apply_logged(&frame);
+                self.unapplied.push(frame);
             }
             if self.wal.len() >= CHECKPOINT_BYTES {
                 self.checkpoint();
@@ -359,20 +379,27 @@ impl Writer<'_> {
         Ok(frame)
     }
 
-    /// Applies a logged frame to redb (not durably: the log is the durable
-    /// copy until a checkpoint). A failure stops the store: the frame stays
-    /// in the log, which is never emptied again and is replayed at the next
-    /// start.
-    fn apply_logged(&mut self, frame: &Frame) {
+    /// Applies the logged frames redb lacks, in one commit (not durable:
+    /// the log is the durable copy until a checkpoint). A failure stops the
+    /// store: the frames stay in the log, which is never emptied again and
+    /// is replayed at the next start.
+    fn catch_up(&mut self) {
+        let Some(last) = self.unapplied.last().map(|f| f.seq) else { return };
+        if self.failed.is_some() {
+            return;
+        }
+        let frames = std::mem::take(&mut self.unapplied);
         let applied = self.begin_non_durable().and_then(|txn| {
-            apply(&txn, frame)?;
+            for frame in &frames {
+                apply(&txn, frame)?;
+            }
             txn.commit().map_err(err)
         });
         self.dirty = true;
         match applied {
-            Ok(()) => self.applied.applied(frame.seq),
+            Ok(()) => self.applied.applied(last),
             Err(e) => {
-                tracing::error!(error = %e, seq = frame.seq, "the store's tables could not take a logged commit");
+                tracing::error!(error = %e, seq = last, "the store's tables could not take logged commits");
                 let failed = err(format!("the store's tables failed ({e}); no further write is accepted"));
                 self.failed = Some(failed.clone());
                 self.applied.broken(failed);
@@ -431,6 +458,7 @@ impl Writer<'_> {
     /// failure leaves the log as it was (still the durable copy) and is
     /// retried at the next occasion.
     fn checkpoint(&mut self) {
+        self.catch_up();
         if !self.dirty || self.failed.is_some() {
             return;
         }
@@ -454,6 +482,7 @@ impl Writer<'_> {
     /// Not logged: a crash before the next checkpoint only leaves them for
     /// the next sweep.
     fn prune(&mut self, before: u64, limit: usize) -> Result<usize, StoreError> {
+        self.catch_up();
         let txn = self.begin_non_durable()?;
         let removed = {
             let mut age = txn.open_table(AUDIT_AGE).map_err(err)?;
@@ -794,6 +823,35 @@ mod tests {
             let newest = store.audit_page("car-1", None, 1).unwrap();
             assert_eq!(newest.first().map(|(_, b)| b), Some(&text), "write {i}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_saves_is_read_back_whole_while_redb_takes_frames_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        // Saves queued faster than the writer commits them: frames wait for
+        // redb in batches (up to APPLY_BATCH), and every one is read back.
+        let saves: Vec<_> = (0..2000u64)
+            .map(|i| {
+                let audit = AuditEntry {
+                    vehicle: "car-1".into(),
+                    at: UNIX_EPOCH + Duration::from_secs(i),
+                    record: Bytes::from(format!("record {i}")),
+                };
+                store.save("car-1".into(), record(b"r", &[], &[]), Some(audit))
+            })
+            .collect();
+        for saved in saves {
+            saved.await.unwrap().unwrap();
+        }
+        let page = store.audit_page("car-1", None, 5000).unwrap();
+        assert_eq!(page.len(), 2000);
+        assert_eq!(page[0].1, Bytes::from("record 1999"));
+        // And after a restart, from redb and the log alike.
+        store.close();
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.audit_page("car-1", None, 5000).unwrap().len(), 2000);
     }
 
     #[tokio::test]
