@@ -239,9 +239,7 @@ impl TlsTermination {
             }
         }
     }
-}
 
-impl TlsTermination {
     /// The identity of a connection whose handshake finished (`None` inside
     /// when the certificate names no one), or `None` (and the connection is
     /// dropped) when its certificate has expired or is revoked. rustls
