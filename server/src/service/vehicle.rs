@@ -220,9 +220,7 @@ impl Session {
                 tracing::info!(vehicle = %cell.id, session = session_id, newer = stale.newer, "refused: a newer session is live");
                 let message =
                     format!("session {session_id} superseded by session {} (a newer connection)", stale.newer);
-                let goodbye = pb::Goodbye { reason: GoodbyeReason::Superseded as i32, message, reconnect_after: None };
-                let msg = ServerMessage { kind: Some(server_message::Kind::Goodbye(goodbye)) };
-                let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(ok(msg))).await;
+                say_goodbye(config, &tx, GoodbyeReason::Superseded, message).await;
                 return;
             }
         };
@@ -252,14 +250,7 @@ impl Session {
             match end {
                 End::Goodbye(reason, message) => {
                     tracing::info!(reason = reason.as_str_name(), %message, "session closed");
-                    let reconnect_after = (reason == GoodbyeReason::ShuttingDown).then(|| {
-                        let hint = config.reconnect_hint;
-                        let jitter = rand::rng().random_range(0.0..1.0);
-                        prost_types::Duration::try_from(hint + hint.mul_f64(jitter)).unwrap_or_default()
-                    });
-                    let goodbye = pb::Goodbye { reason: reason as i32, message, reconnect_after };
-                    let msg = ServerMessage { kind: Some(server_message::Kind::Goodbye(goodbye)) };
-                    let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(ok(msg))).await;
+                    say_goodbye(config, &tx, reason, message).await;
                 }
                 End::Error(status) => {
                     tracing::info!(code = ?status.code(), message = status.message(), "session ended with an error");
@@ -521,6 +512,19 @@ fn trace_end(traces: &Traces, vehicle: &str, session: u64, end: &End) {
         End::Quiet => ("session.closed", vec![KeyValue::new("tether.closed_by", "vehicle")]),
     };
     traces.session_event(name, vehicle, session, attributes);
+}
+
+/// Sends the Goodbye that ends a session (with a jittered reconnect hint
+/// when the node shuts down), waiting at most a heartbeat interval for room.
+async fn say_goodbye(config: &Config, tx: &Outbound, reason: GoodbyeReason, message: String) {
+    let reconnect_after = (reason == GoodbyeReason::ShuttingDown).then(|| {
+        let hint = config.reconnect_hint;
+        let jitter = rand::rng().random_range(0.0..1.0);
+        prost_types::Duration::try_from(hint + hint.mul_f64(jitter)).unwrap_or_default()
+    });
+    let goodbye = pb::Goodbye { reason: reason as i32, message, reconnect_after };
+    let msg = ServerMessage { kind: Some(server_message::Kind::Goodbye(goodbye)) };
+    let _ = tokio::time::timeout(config.heartbeat_interval, tx.send(ok(msg))).await;
 }
 
 /// Reads a vehicle's actual state, skipping fields this server's contract
