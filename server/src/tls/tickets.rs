@@ -47,21 +47,15 @@ struct Key {
 }
 
 impl Key {
-    fn generate(rng: &SystemRandom) -> Option<Key> {
+    fn generate(rng: &SystemRandom) -> Key {
         let mut key = Key { id: [0; ID_LEN], raw: [0; KEY_LEN] };
-        rng.fill(&mut key.id).ok()?;
-        rng.fill(&mut key.raw).ok()?;
-        Some(key)
+        rng.fill(&mut key.id).expect("system randomness");
+        rng.fill(&mut key.raw).expect("system randomness");
+        key
     }
 
     fn aead(&self) -> LessSafeKey {
         LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &self.raw).expect("a 32-byte key"))
-    }
-}
-
-impl Keys {
-    fn new(rng: &SystemRandom, fingerprint: u64, now: SystemTime) -> Keys {
-        Keys { fingerprint, current: Key::generate(rng).expect("system randomness"), since: now, previous: None }
     }
 }
 
@@ -75,12 +69,18 @@ struct Keys {
     previous: Option<Key>,
 }
 
+impl Keys {
+    fn new(rng: &SystemRandom, fingerprint: u64, now: SystemTime) -> Keys {
+        Keys { fingerprint, current: Key::generate(rng), since: now, previous: None }
+    }
+}
+
 /// The node's ticket keys: rustls seals and opens tickets through this
 /// ([`rustls::server::ProducesTickets`]).
 pub(super) struct Tickets {
     keys: RwLock<Keys>,
-    /// Where the keys are kept (`None`: in memory only, for tests).
-    path: Option<PathBuf>,
+    /// Where the keys are kept.
+    path: PathBuf,
     lifetime: Duration,
     rng: SystemRandom,
 }
@@ -115,15 +115,18 @@ impl Tickets {
                 None
             }
         };
-        let keys = match loaded {
-            Some(keys) if keys.fingerprint == fingerprint => keys,
-            _ => Keys::new(&rng, fingerprint, now),
+        let (keys, made) = match loaded {
+            Some(keys) if keys.fingerprint == fingerprint => (keys, false),
+            _ => (Keys::new(&rng, fingerprint, now), true),
         };
-        let tickets = Tickets { keys: RwLock::new(keys), path: Some(path), lifetime, rng };
+        let tickets = Tickets { keys: RwLock::new(keys), path, lifetime, rng };
         {
             let mut keys = tickets.keys.write().unwrap_or_else(|p| p.into_inner());
-            tickets.age(&mut keys, now);
-            tickets.save(&keys);
+            // Written only when the keys changed: a restart with valid keys
+            // writes nothing.
+            if tickets.age(&mut keys, now) || made {
+                tickets.save(&keys);
+            }
         }
         tickets
     }
@@ -143,7 +146,7 @@ impl Tickets {
         if age < self.lifetime {
             return false;
         }
-        let next = Key::generate(&self.rng).expect("system randomness");
+        let next = Key::generate(&self.rng);
         let old = std::mem::replace(&mut keys.current, next);
         // Past two lifetimes the old key opens nothing still valid.
         keys.previous = (age < self.lifetime * 2).then_some(old);
@@ -167,9 +170,8 @@ impl Tickets {
 
     /// Writes the keys (a temporary file renamed over the old one, 0600).
     fn save(&self, keys: &Keys) {
-        let Some(path) = &self.path else { return };
-        if let Err(e) = write_file(path, &serialize(keys)) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot save the TLS ticket keys; tickets will not survive a restart");
+        if let Err(e) = write_file(&self.path, &serialize(keys)) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot save the TLS ticket keys; tickets will not survive a restart");
         }
     }
 }
