@@ -368,10 +368,9 @@ impl Writer<'_> {
         }
         let frame = self.frame(batch);
         if let Err(e) = self.wal.append(&frame) {
-            let failed = err(format!("writing the write-ahead log failed ({e}); no further write is accepted"));
-            self.failed = Some(failed.clone());
-            self.applied.broken(failed.clone());
-            return Err(failed);
+            return Err(
+                self.stop(err(format!("writing the write-ahead log failed ({e}); no further write is accepted")))
+            );
         }
         self.wal_seq = frame.seq;
         self.audit_seq = frame.audit_next;
@@ -400,11 +399,17 @@ impl Writer<'_> {
             Ok(()) => self.applied.applied(last),
             Err(e) => {
                 tracing::error!(error = %e, seq = last, "the store's tables could not take logged commits");
-                let failed = err(format!("the store's tables failed ({e}); no further write is accepted"));
-                self.failed = Some(failed.clone());
-                self.applied.broken(failed);
+                self.stop(err(format!("the store's tables failed ({e}); no further write is accepted")));
             }
         }
+    }
+
+    /// Refuses every later save (and checkpoint), and tells waiting readers
+    /// why; returns the reason.
+    fn stop(&mut self, why: StoreError) -> StoreError {
+        self.failed = Some(why.clone());
+        self.applied.broken(why.clone());
+        why
     }
 
     /// What a batch changes, as the next log frame.
