@@ -66,19 +66,47 @@ pub fn sample(pid: u32) -> io::Result<CpuSample> {
 /// What was used from `before` to `after` (threads that ended in between
 /// are counted in the process total only).
 pub fn usage(before: &CpuSample, after: &CpuSample) -> CpuUsage {
-    let seconds = after.at.duration_since(before.at).as_secs_f64().max(1e-6);
-    let percent = |ticks: u64| round1(ticks as f64 / TICKS_PER_SECOND / seconds * 100.0);
-    let mut threads: Vec<ThreadCpu> = after
-        .threads
-        .iter()
-        .map(|(name, (t, n))| {
+    let mut tally = CpuTally::default();
+    tally.add(before, after);
+    tally.usage()
+}
+
+/// CPU used over several intervals of one process (a server's rounds of a
+/// scenario that alternates servers), summed as if they were one.
+#[derive(Debug, Clone, Default)]
+pub struct CpuTally {
+    seconds: f64,
+    total: u64,
+    /// Thread name → (ticks, threads of that name in the latest interval).
+    threads: BTreeMap<String, (u64, usize)>,
+}
+
+impl CpuTally {
+    /// Adds the interval from `before` to `after`.
+    pub fn add(&mut self, before: &CpuSample, after: &CpuSample) {
+        self.seconds += after.at.duration_since(before.at).as_secs_f64();
+        self.total += after.total.saturating_sub(before.total);
+        for (name, (t, n)) in &after.threads {
             let earlier = before.threads.get(name).map_or(0, |(t, _)| *t);
-            ThreadCpu { name: name.clone(), threads: *n, percent: percent(t.saturating_sub(earlier)) }
-        })
-        .filter(|t| t.percent > 0.0)
-        .collect();
-    threads.sort_by(|a, b| b.percent.total_cmp(&a.percent));
-    CpuUsage { percent: percent(after.total.saturating_sub(before.total)), threads }
+            let slot = self.threads.entry(name.clone()).or_insert((0, 0));
+            slot.0 += t.saturating_sub(earlier);
+            slot.1 = *n;
+        }
+    }
+
+    /// The usage over every interval added.
+    pub fn usage(&self) -> CpuUsage {
+        let seconds = self.seconds.max(1e-6);
+        let percent = |ticks: u64| round1(ticks as f64 / TICKS_PER_SECOND / seconds * 100.0);
+        let mut threads: Vec<ThreadCpu> = self
+            .threads
+            .iter()
+            .map(|(name, (t, n))| ThreadCpu { name: name.clone(), threads: *n, percent: percent(*t) })
+            .filter(|t| t.percent > 0.0)
+            .collect();
+        threads.sort_by(|a, b| b.percent.total_cmp(&a.percent));
+        CpuUsage { percent: percent(self.total), threads }
+    }
 }
 
 impl CpuUsage {
@@ -129,6 +157,24 @@ mod tests {
         let odd = "7 (a) b) R 1 2 3 4 5 6 7 8 9 10 1 2 0 0";
         assert_eq!(ticks(odd), Some(("a) b".to_string(), 3)));
         assert_eq!(ticks("garbage"), None);
+    }
+
+    #[test]
+    fn a_tally_sums_its_intervals_as_one() {
+        let at = Instant::now();
+        let sample = |secs: u64, total: u64, worker: u64| CpuSample {
+            at: at + std::time::Duration::from_secs(secs),
+            total,
+            threads: BTreeMap::from([("worker".to_string(), (worker, 2))]),
+        };
+        let mut tally = CpuTally::default();
+        // 1 s at 50%, then (after a gap not counted) 3 s at 150%.
+        tally.add(&sample(0, 0, 0), &sample(1, 50, 40));
+        tally.add(&sample(5, 50, 40), &sample(8, 500, 400));
+        let used = tally.usage();
+        assert_eq!(used.percent, 125.0);
+        assert_eq!(used.threads.len(), 1);
+        assert_eq!((used.threads[0].threads, used.threads[0].percent), (2, 100.0));
     }
 
     #[test]

@@ -65,6 +65,16 @@ pub struct Writes {
     arrivals: Option<Arc<AppliedLog>>,
 }
 
+impl Server {
+    /// `"tetherd"` or `"baseline"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Tetherd => "tetherd",
+            Server::Baseline => "baseline",
+        }
+    }
+}
+
 impl Writes {
     /// The server written to.
     pub fn server(&self) -> Server {
@@ -311,6 +321,32 @@ impl Recorder {
         let _ = self.latency.lock().unwrap_or_else(|p| p.into_inner()).add(latency);
     }
 
+    /// Adds everything `other` recorded.
+    fn absorb(&self, other: &Recorder) {
+        let add = |into: &Mutex<Histogram<u64>>, from: &Mutex<Histogram<u64>>| {
+            let from = from.lock().unwrap_or_else(|p| p.into_inner());
+            // Same bounds, so adding cannot fail.
+            let _ = into.lock().unwrap_or_else(|p| p.into_inner()).add(&*from);
+        };
+        add(&self.latency, &other.latency);
+        add(&self.lag, &other.lag);
+        {
+            let from = other.split.lock().unwrap_or_else(|p| p.into_inner());
+            let mut into = self.split.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = into.0.add(&from.0);
+            let _ = into.1.add(&from.1);
+        }
+        for (into, from) in
+            [(&self.reached, &other.reached), (&self.not_reached, &other.not_reached), (&self.errors, &other.errors)]
+        {
+            into.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            first.clone_from(&other.first_error.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
     pub(crate) fn figures(&self, server: Server, writes: u64, seconds: f64, open_loop: bool) -> LoadFigures {
         let latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
@@ -318,10 +354,7 @@ impl Recorder {
         let reached = self.reached.load(Ordering::Relaxed);
         let not_reached = self.not_reached.load(Ordering::Relaxed);
         LoadFigures {
-            server: match server {
-                Server::Tetherd => "tetherd",
-                Server::Baseline => "baseline",
-            },
+            server: server.name(),
             writes,
             reached,
             not_reached,
@@ -346,13 +379,51 @@ pub(crate) fn round(x: f64, per_unit: f64) -> f64 {
     (x * per_unit).round() / per_unit
 }
 
+/// What one load run recorded against one server, kept whole (histograms,
+/// counts) so the rounds of a scenario that alternates servers add up into
+/// one figure per server: [`add`](Self::add), then [`figures`](Self::figures).
+pub struct Measured {
+    server: Server,
+    recorder: Arc<Recorder>,
+    writes: u64,
+    seconds: f64,
+    open_loop: bool,
+}
+
+impl Measured {
+    /// Latency percentiles, counts and throughput of what was recorded.
+    pub fn figures(&self) -> LoadFigures {
+        self.recorder.figures(self.server, self.writes, self.seconds, self.open_loop)
+    }
+
+    /// Writes sent in the measured window.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// Adds `other`, a later run against the same server: histograms merge,
+    /// counts and measured seconds add.
+    pub fn add(&mut self, other: &Measured) {
+        debug_assert_eq!(self.server, other.server, "rounds of one server only");
+        self.recorder.absorb(&other.recorder);
+        self.writes += other.writes;
+        self.seconds += other.seconds;
+    }
+}
+
+impl fmt::Debug for Measured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.figures(), f)
+    }
+}
+
 /// Open loop: `rate` writes per second for `duration`, write `i` scheduled
 /// at `start + i / rate` and sent to vehicle `(first + i) % vehicles`
 /// whatever the earlier writes are doing. A paced thread of its own
 /// (`std::thread::sleep`, microsecond precision rather than tokio's 1 ms
 /// timer wheel) dispatches them onto the runtime; each write's latency runs
 /// from its scheduled time to its answer.
-pub async fn open_loop(writes: &Writes, rate: f64, duration: Duration, first: u64) -> anyhow::Result<LoadFigures> {
+pub async fn open_loop(writes: &Writes, rate: f64, duration: Duration, first: u64) -> anyhow::Result<Measured> {
     anyhow::ensure!(rate > 0.0, "--rate must be positive");
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -402,7 +473,7 @@ pub async fn open_loop(writes: &Writes, rate: f64, duration: Duration, first: u6
         .await
         .context("writes still running after their deadline")?;
     let seconds = Duration::from_micros(recorder.last_answer_us.load(Ordering::Relaxed)).as_secs_f64();
-    Ok(recorder.figures(writes.server, total, seconds, true))
+    Ok(Measured { server: writes.server, recorder, writes: total, seconds, open_loop: true })
 }
 
 /// Closed loop: `concurrency` writers for `warmup` (not measured) then
@@ -414,7 +485,7 @@ pub async fn closed_loop(
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-) -> anyhow::Result<LoadFigures> {
+) -> anyhow::Result<Measured> {
     anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(
         concurrency <= writes.vehicles(),
@@ -456,7 +527,7 @@ pub async fn closed_loop(
         .context("writers still running after their deadline")?;
     // Writes sent before `end` may be answered after it: count the window until the last answer.
     let seconds = Instant::now().duration_since(measure_from).as_secs_f64();
-    Ok(recorder.figures(writes.server, sent.load(Ordering::Relaxed), seconds, false))
+    Ok(Measured { server: writes.server, recorder, writes: sent.load(Ordering::Relaxed), seconds, open_loop: false })
 }
 
 /// `us` as milliseconds for a table.

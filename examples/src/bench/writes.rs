@@ -98,6 +98,79 @@ pub struct Phase {
     pub bench_cpu_percent: f64,
 }
 
+/// One server's rounds of a scenario, summed.
+struct Tally {
+    server: Server,
+    measured: Option<load::Measured>,
+    server_cpu: cpu::CpuTally,
+    bench_cpu: cpu::CpuTally,
+    /// RSS after the latest round, KiB (`None`: no process of its own).
+    rss_kib: Option<u64>,
+}
+
+impl Tally {
+    fn new(server: Server) -> Tally {
+        Tally {
+            server,
+            measured: None,
+            server_cpu: cpu::CpuTally::default(),
+            bench_cpu: cpu::CpuTally::default(),
+            rss_kib: None,
+        }
+    }
+
+    fn phase(self) -> anyhow::Result<Phase> {
+        let measured = self.measured.context("no round ran")?;
+        let server_cpu = self.server_cpu;
+        Ok(Phase {
+            load: measured.figures(),
+            server: self.rss_kib.map(|rss_kib| ServerUsage { rss_kib, cpu: server_cpu.usage() }),
+            bench_cpu_percent: self.bench_cpu.usage().percent,
+        })
+    }
+}
+
+/// One round of a scenario that alternates servers: its run against each,
+/// side by side (the spread of these ratios is the noise of the machine).
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    /// Whether the baseline ran first in this round.
+    pub baseline_first: bool,
+    /// The baseline's writes per second in this round.
+    pub baseline_writes_per_second: f64,
+    /// tetherd's writes per second in this round.
+    pub tetherd_writes_per_second: f64,
+    /// tetherd ÷ baseline writes per second.
+    pub throughput_ratio: f64,
+    /// tetherd p50 ÷ baseline p50.
+    pub p50_ratio: f64,
+    /// tetherd p99 ÷ baseline p99.
+    pub p99_ratio: f64,
+}
+
+impl Round {
+    fn of(baseline_first: bool, base: &LoadFigures, tether: &LoadFigures) -> Round {
+        Round {
+            baseline_first,
+            baseline_writes_per_second: base.writes_per_second,
+            tetherd_writes_per_second: tether.writes_per_second,
+            throughput_ratio: ratio(tether.writes_per_second, base.writes_per_second),
+            p50_ratio: ratio(tether.percentiles.p50_us as f64, base.percentiles.p50_us as f64),
+            p99_ratio: ratio(tether.percentiles.p99_us as f64, base.percentiles.p99_us as f64),
+        }
+    }
+}
+
+/// "1.52 (0.98–2.10 over 4 rounds)": a ratio of the summed figures and its
+/// spread over the rounds.
+fn spread(total: f64, rounds: &[Round], of: impl Fn(&Round) -> f64) -> String {
+    if rounds.len() < 2 {
+        return format!("{total:.2}");
+    }
+    let (low, high) = rounds.iter().map(of).fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(x), h.max(x)));
+    format!("{total:.2} ({low:.2}–{high:.2} over {} rounds)", rounds.len())
+}
+
 /// tetherd, the baseline, the fleet and a client pool to each.
 struct Rig {
     tetherd: Tetherd,
@@ -147,25 +220,64 @@ impl Rig {
         }
     }
 
-    /// Runs `drive` against `writes` and records the server's resources.
-    async fn phase<F: Future<Output = anyhow::Result<LoadFigures>>>(
+    /// Runs `drive` (one round against `tally`'s server), adds what it
+    /// measured and the server's CPU and RSS to `tally`, and returns the
+    /// round's own figures.
+    async fn round<F: Future<Output = anyhow::Result<load::Measured>>>(
         &self,
-        server: Server,
+        tally: &mut Tally,
         drive: F,
-    ) -> anyhow::Result<Phase> {
-        let pid = self.pid_of(server);
+    ) -> anyhow::Result<LoadFigures> {
+        let pid = self.pid_of(tally.server);
         let own = std::process::id();
         let server_before = pid.map(cpu::sample).transpose()?;
         let own_before = cpu::sample(own)?;
-        let load = drive.await?;
+        let measured = drive.await?;
         let own_after = cpu::sample(own)?;
-        let server = match (pid, server_before) {
-            (Some(pid), Some(before)) => {
-                Some(ServerUsage { rss_kib: super::rss::rss_kib(pid)?, cpu: cpu::usage(&before, &cpu::sample(pid)?) })
+        if let (Some(pid), Some(before)) = (pid, server_before) {
+            tally.server_cpu.add(&before, &cpu::sample(pid)?);
+            tally.rss_kib = Some(super::rss::rss_kib(pid)?);
+        }
+        tally.bench_cpu.add(&own_before, &own_after);
+        let figures = measured.figures();
+        match &mut tally.measured {
+            Some(sum) => sum.add(&measured),
+            None => tally.measured = Some(measured),
+        }
+        Ok(figures)
+    }
+
+    /// Runs `rounds` rounds of `drive(writes, round)`, each round one run
+    /// against the baseline and one against tetherd, in the order B T, T B,
+    /// B T, ... so a drift in this shared machine's speed weighs on both
+    /// alike. Returns each server's rounds summed into one phase, and the
+    /// figures of every round.
+    async fn alternate(
+        &self,
+        rounds: usize,
+        label: &str,
+        mut drive: impl AsyncFnMut(&Writes, usize) -> anyhow::Result<load::Measured>,
+    ) -> anyhow::Result<(Phase, Phase, Vec<Round>)> {
+        let to_baseline = self.to_baseline.as_ref().context("no baseline")?;
+        let (mut base, mut tether) = (Tally::new(Server::Baseline), Tally::new(Server::Tetherd));
+        let mut per_round = Vec::with_capacity(rounds);
+        for round in 0..rounds.max(1) {
+            let baseline_first = round % 2 == 0;
+            let mut b = None;
+            let mut t = None;
+            let order =
+                if baseline_first { [Server::Baseline, Server::Tetherd] } else { [Server::Tetherd, Server::Baseline] };
+            for server in order {
+                tracing::info!(round = round + 1, rounds, "{}: {label}", server.name());
+                match server {
+                    Server::Baseline => b = Some(self.round(&mut base, drive(to_baseline, round)).await?),
+                    Server::Tetherd => t = Some(self.round(&mut tether, drive(&self.to_tetherd, round)).await?),
+                }
             }
-            _ => None,
-        };
-        Ok(Phase { load, server, bench_cpu_percent: cpu::usage(&own_before, &own_after).percent })
+            let (b, t) = (b.context("no baseline run")?, t.context("no tetherd run")?);
+            per_round.push(Round::of(baseline_first, &b, &t));
+        }
+        Ok((base.phase()?, tether.phase()?, per_round))
     }
 
     async fn stop(self) -> anyhow::Result<()> {
@@ -194,9 +306,8 @@ async fn with_rig<T>(
     Ok(value)
 }
 
-/// Fails if a phase against tetherd lost or short-changed a write.
-fn check(phase: &Phase) -> anyhow::Result<()> {
-    let load = &phase.load;
+/// Fails if a run against tetherd lost or short-changed a write.
+fn check(load: &LoadFigures) -> anyhow::Result<()> {
     if load.errors > 0 || load.not_reached > 0 || load.reached < load.writes {
         bail!(
             "{}: {} of {} writes reached the wait level ({} errors, {} short); first: {}",
@@ -224,10 +335,12 @@ pub struct WriteRateConfig {
     pub setup: WriteSetup,
     /// Writes per second.
     pub rate: f64,
-    /// Measured time per server.
+    /// Measured time per server, split over the rounds.
     pub duration: Duration,
     /// Unmeasured time at the same rate first, per server.
     pub warmup: Duration,
+    /// Rounds, each a run against the baseline and one against tetherd.
+    pub rounds: usize,
 }
 
 /// What `write-rate` measured.
@@ -257,6 +370,8 @@ pub struct WriteRateReport {
     pub p50_ratio: f64,
     /// tetherd p99 ÷ baseline p99 (issue 6: ≤ 2).
     pub p99_ratio: f64,
+    /// Each round's figures (the summed ones are above).
+    pub rounds: Vec<Round>,
     /// Fields the vehicles reported APPLIED (warm-up included).
     pub vehicle_fields_applied: u64,
     /// Whether the baseline ran as a process of its own.
@@ -265,41 +380,45 @@ pub struct WriteRateReport {
     pub cores: usize,
 }
 
-/// Runs `write-rate`: baseline, then tetherd, in one run.
+/// Runs `write-rate`: the baseline and tetherd in alternating rounds, in
+/// one run.
 pub async fn write_rate(
     options: &TetherdOptions,
     baseline: &BaselineOptions,
     config: &WriteRateConfig,
 ) -> anyhow::Result<WriteRateReport> {
     let setup = &config.setup;
+    let rounds = config.rounds.max(1);
+    let segment = config.duration / rounds as u32;
+    let rate = config.rate;
     with_rig(options, Some(baseline), setup, async |rig: &Rig| {
         let to_baseline = rig.to_baseline.as_ref().context("no baseline")?;
-        let warmup_writes = (config.rate * config.warmup.as_secs_f64()).round() as u64;
+        let warmup_writes = (rate * config.warmup.as_secs_f64()).round() as u64;
         if !config.warmup.is_zero() {
-            tracing::info!(rate = config.rate, warmup = ?config.warmup, "warming up");
-            load::open_loop(to_baseline, config.rate, config.warmup, 0).await?;
-            check(&rig.phase(Server::Tetherd, load::open_loop(&rig.to_tetherd, config.rate, config.warmup, 0)).await?)?;
+            tracing::info!(rate, warmup = ?config.warmup, "warming up");
+            load::open_loop(to_baseline, rate, config.warmup, 0).await?;
+            check(&load::open_loop(&rig.to_tetherd, rate, config.warmup, 0).await?.figures())?;
         }
-        tracing::info!(rate = config.rate, duration = ?config.duration, "baseline: open loop");
-        let base = rig
-            .phase(Server::Baseline, load::open_loop(to_baseline, config.rate, config.duration, warmup_writes))
+        // Each round goes on to the vehicles after the last round's.
+        let per_round = (rate * segment.as_secs_f64()).round().max(1.0) as u64;
+        let (base, tether, per_round_figures) = rig
+            .alternate(rounds, "open loop", async |writes: &Writes, round: usize| {
+                load::open_loop(writes, rate, segment, warmup_writes + round as u64 * per_round).await
+            })
             .await?;
-        tracing::info!(rate = config.rate, duration = ?config.duration, "tetherd: open loop");
-        let tether = rig
-            .phase(Server::Tetherd, load::open_loop(&rig.to_tetherd, config.rate, config.duration, warmup_writes))
-            .await?;
-        check(&tether)?;
+        check(&tether.load)?;
         Ok(WriteRateReport {
             scenario: "write-rate",
             vehicles: setup.fleet.vehicles,
             connections: rig.fleet.connections(),
             channels: setup.channels,
             wait: wait_name(setup.wait),
-            rate: config.rate,
+            rate,
             duration_seconds: config.duration.as_secs_f64(),
             connect_seconds: round(rig.fleet.connect_time().as_secs_f64(), 100.0),
             p50_ratio: ratio(tether.load.percentiles.p50_us as f64, base.load.percentiles.p50_us as f64),
             p99_ratio: ratio(tether.load.percentiles.p99_us as f64, base.load.percentiles.p99_us as f64),
+            rounds: per_round_figures,
             tetherd: tether,
             baseline: base,
             vehicle_fields_applied: rig.fleet.applied().fields(),
@@ -319,10 +438,13 @@ pub struct MaxThroughputConfig {
     pub setup: WriteSetup,
     /// Writers in flight.
     pub concurrency: usize,
-    /// Measured time per server.
+    /// Measured time per server, split over the rounds.
     pub duration: Duration,
-    /// Unmeasured time first, per server.
+    /// Unmeasured time before each server's first round (later rounds warm
+    /// up for [`ROUND_WARMUP`] at most).
     pub warmup: Duration,
+    /// Rounds, each a run against the baseline and one against tetherd.
+    pub rounds: usize,
 }
 
 /// What `max-throughput` measured.
@@ -350,6 +472,8 @@ pub struct MaxThroughputReport {
     pub baseline: Phase,
     /// tetherd writes/s ÷ baseline writes/s (issue 6: ≥ 0.5).
     pub throughput_ratio: f64,
+    /// Each round's figures (the summed ones are above).
+    pub rounds: Vec<Round>,
     /// Fields the vehicles reported APPLIED (warm-up included).
     pub vehicle_fields_applied: u64,
     /// What a write's ACCEPTED means.
@@ -360,7 +484,12 @@ pub struct MaxThroughputReport {
     pub cores: usize,
 }
 
-/// Runs `max-throughput`: baseline, then tetherd, in one run.
+/// Longest warm-up of a closed-loop round after a server's first: the
+/// writers start again from none in flight.
+pub const ROUND_WARMUP: Duration = Duration::from_millis(500);
+
+/// Runs `max-throughput`: the baseline and tetherd in alternating rounds, in
+/// one run.
 pub async fn max_throughput(
     options: &TetherdOptions,
     baseline: &BaselineOptions,
@@ -368,15 +497,16 @@ pub async fn max_throughput(
 ) -> anyhow::Result<MaxThroughputReport> {
     let setup = &config.setup;
     let n = config.concurrency;
+    let rounds = config.rounds.max(1);
+    let segment = config.duration / rounds as u32;
     with_rig(options, Some(baseline), setup, async |rig: &Rig| {
-        let to_baseline = rig.to_baseline.as_ref().context("no baseline")?;
-        tracing::info!(concurrency = n, duration = ?config.duration, "baseline: closed loop");
-        let base =
-            rig.phase(Server::Baseline, load::closed_loop(to_baseline, n, config.warmup, config.duration)).await?;
-        tracing::info!(concurrency = n, duration = ?config.duration, "tetherd: closed loop");
-        let tether =
-            rig.phase(Server::Tetherd, load::closed_loop(&rig.to_tetherd, n, config.warmup, config.duration)).await?;
-        check(&tether)?;
+        let (base, tether, per_round) = rig
+            .alternate(rounds, "closed loop", async |writes: &Writes, round: usize| {
+                let warmup = if round == 0 { config.warmup } else { config.warmup.min(ROUND_WARMUP) };
+                load::closed_loop(writes, n, warmup, segment).await
+            })
+            .await?;
+        check(&tether.load)?;
         Ok(MaxThroughputReport {
             scenario: "max-throughput",
             vehicles: setup.fleet.vehicles,
@@ -387,6 +517,7 @@ pub async fn max_throughput(
             duration_seconds: config.duration.as_secs_f64(),
             connect_seconds: round(rig.fleet.connect_time().as_secs_f64(), 100.0),
             throughput_ratio: ratio(tether.load.writes_per_second, base.load.writes_per_second),
+            rounds: per_round,
             tetherd: tether,
             baseline: base,
             vehicle_fields_applied: rig.fleet.applied().fields(),
@@ -498,7 +629,7 @@ pub async fn fan_out(options: &TetherdOptions, config: &FanOutConfig) -> anyhow:
         let vehicles_reached = log.vehicles_at(Some(&wanted));
         let all_applied = log.last_report_since(started.into_std());
         let figures = recorder.figures(Server::Tetherd, vehicles as u64, all_answered.as_secs_f64(), false);
-        check(&Phase { load: figures.clone(), server: None, bench_cpu_percent: 0.0 })?;
+        check(&figures)?;
         if !reached_all || wanted.contains(&0) {
             bail!(
                 "only {vehicles_reached} of {vehicles} vehicles reported their write APPLIED within {APPLY_TIMEOUT:?}"
@@ -559,13 +690,21 @@ impl fmt::Display for WriteRateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "write-rate: {} writes/s open loop for {} s, wait {}, {} vehicles on {} connections, {} client channels ({} cores)",
-            self.rate, self.duration_seconds, self.wait, self.vehicles, self.connections, self.channels, self.cores
+            "write-rate: {} writes/s open loop for {} s per server in {} alternating rounds, wait {}, {} vehicles on {} connections, {} client channels ({} cores)",
+            self.rate,
+            self.duration_seconds,
+            self.rounds.len(),
+            self.wait,
+            self.vehicles,
+            self.connections,
+            self.channels,
+            self.cores
         )?;
         writeln!(f, "{}", LoadFigures::header())?;
         writeln!(f, "{}", self.baseline.load)?;
         writeln!(f, "{}", self.tetherd.load)?;
-        writeln!(f, "  ratio tetherd/baseline: p50 {:.2}×, p99 {:.2}×", self.p50_ratio, self.p99_ratio)?;
+        writeln!(f, "  ratio tetherd/baseline, p50: {}", spread(self.p50_ratio, &self.rounds, |r| r.p50_ratio))?;
+        writeln!(f, "  ratio tetherd/baseline, p99: {}", spread(self.p99_ratio, &self.rounds, |r| r.p99_ratio))?;
         lag_line(f, &self.baseline)?;
         lag_line(f, &self.tetherd)?;
         if let Some(split) = &self.tetherd.load.split {
@@ -594,9 +733,10 @@ impl fmt::Display for MaxThroughputReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "max-throughput: {} writers closed loop for {} s, wait {}, {} vehicles on {} connections, {} client channels ({} cores)",
+            "max-throughput: {} writers closed loop for {} s per server in {} alternating rounds, wait {}, {} vehicles on {} connections, {} client channels ({} cores)",
             self.concurrency,
             self.duration_seconds,
+            self.rounds.len(),
             self.wait,
             self.vehicles,
             self.connections,
@@ -606,7 +746,11 @@ impl fmt::Display for MaxThroughputReport {
         writeln!(f, "{}", LoadFigures::header())?;
         writeln!(f, "{}", self.baseline.load)?;
         writeln!(f, "{}", self.tetherd.load)?;
-        writeln!(f, "  throughput tetherd/baseline: {:.2}", self.throughput_ratio)?;
+        writeln!(
+            f,
+            "  throughput tetherd/baseline: {}",
+            spread(self.throughput_ratio, &self.rounds, |r| r.throughput_ratio)
+        )?;
         usage_line(f, "baseline", &self.baseline)?;
         usage_line(f, "tetherd", &self.tetherd)?;
         writeln!(

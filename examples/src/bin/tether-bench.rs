@@ -148,9 +148,13 @@ struct WriteRateArgs {
     /// Writes per second (scheduled, whatever the answers do).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// Measured time per server.
+    /// Measured time per server, split over the rounds.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Rounds, each a run against the baseline and one against tetherd
+    /// (B T, T B, ...), summed per server: both see the same noise.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Unmeasured time at the same rate first, per server.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
@@ -163,12 +167,17 @@ struct MaxThroughputArgs {
     /// Writers in flight (at most the vehicle count).
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
-    /// Measured time per server.
+    /// Measured time per server, split over the rounds.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Unmeasured time first, per server.
+    /// Unmeasured time before each server's first round (later rounds: at
+    /// most 0.5 s).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Rounds, each a run against the baseline and one against tetherd
+    /// (B T, T B, ...), summed per server: both see the same noise.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -306,12 +315,14 @@ async fn main() -> ExitCode {
             rate: a.rate,
             duration: a.duration,
             warmup: a.warmup,
+            rounds: a.rounds as usize,
         })],
         Scenario::MaxThroughput(a) => vec![Run::MaxThroughput(MaxThroughputConfig {
             setup: a.fleet.setup(),
             concurrency: a.concurrency,
             duration: a.duration,
             warmup: a.warmup,
+            rounds: a.rounds as usize,
         })],
         Scenario::FanOut(a) => {
             vec![Run::FanOut(FanOutConfig { setup: a.fleet.setup(), concurrency: a.concurrency })]

@@ -32,9 +32,13 @@ async fn write_rate_applies_every_write_and_measures_the_baseline() {
         rate: 100.0,
         duration: Duration::from_secs(2),
         warmup: Duration::from_millis(500),
+        rounds: 2,
     };
     let report = writes::write_rate(&tetherd(), &BaselineOptions::InProcess, &config).await.expect("write-rate runs");
     let (tether, base) = (&report.tetherd.load, &report.baseline.load);
+    // Two rounds of 1 s each per server, summed.
+    assert_eq!(report.rounds.len(), 2);
+    assert!(report.rounds[0].baseline_first && !report.rounds[1].baseline_first);
     assert_eq!(tether.writes, 200);
     assert_eq!((tether.reached, tether.errors, tether.not_reached), (200, 0, 0), "{tether:?}");
     assert_eq!((base.reached, base.errors), (200, 0), "{base:?}");
@@ -56,11 +60,14 @@ async fn max_throughput_applies_every_write() {
         concurrency: 16,
         duration: Duration::from_secs(2),
         warmup: Duration::from_millis(300),
+        rounds: 2,
     };
     let report =
         writes::max_throughput(&tetherd(), &BaselineOptions::InProcess, &config).await.expect("max-throughput runs");
     let (tether, base) = (&report.tetherd.load, &report.baseline.load);
     assert!(tether.writes > 0 && base.writes > 0);
+    assert_eq!(report.rounds.len(), 2);
+    assert!(report.rounds.iter().all(|r| r.tetherd_writes_per_second > 0.0 && r.baseline_writes_per_second > 0.0));
     assert_eq!((tether.reached, tether.errors, tether.not_reached), (tether.writes, 0, 0), "{tether:?}");
     assert_eq!((base.reached, base.errors), (base.writes, 0), "{base:?}");
     // Every measured write was applied in a vehicle (warm-up writes too).
