@@ -434,7 +434,7 @@ impl Session {
             vehicle_message::Kind::Ack(ack) => {
                 hub.update(cell, |inner| {
                     inner.presence.last_seen = Some(now);
-                    if inner.presence.live.as_ref().is_none_or(|s| s.id != session_id) {
+                    if !live(inner, session_id) {
                         return ((), Change::NONE);
                     }
                     if inner.presence.unacked == Some(ack.generation) {
@@ -456,7 +456,17 @@ impl Session {
                         // The trace context of each reported value, looked up
                         // before the report settles it (only when exporting).
                         let origins: Vec<String> = traced.iter().flatten().map(|r| origin_of(inner, r)).collect();
-                        let changed = inner.record.report(report.observed_generation, actual, results);
+                        // A report about the unacknowledged snapshot (or a later
+                        // generation) acknowledges it too: a vehicle that applies
+                        // at once may send the Report alone.
+                        let acked = match inner.presence.unacked {
+                            Some(g) if g <= report.observed_generation && live(inner, session_id) => {
+                                inner.presence.unacked = None;
+                                inner.record.acknowledge(g.min(inner.presence.sent_generation))
+                            }
+                            _ => false,
+                        };
+                        let changed = acked | inner.record.report(report.observed_generation, actual, results);
                         (origins, Change { actual: had_actual, status: changed, ..Change::NONE })
                     })
                     .0;
@@ -478,6 +488,11 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Whether `session_id` is the vehicle's live session.
+fn live(inner: &crate::hub::VehicleInner, session_id: u64) -> bool {
+    inner.presence.live.as_ref().is_some_and(|s| s.id == session_id)
 }
 
 /// The trace context of the value a result is about: its write's, while

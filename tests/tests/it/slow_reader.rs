@@ -107,3 +107,47 @@ async fn a_vehicle_that_stops_reading_gets_one_snapshot_then_only_the_latest() {
     assert!(!p.snapshot_pending);
     fast.abort();
 }
+
+/// The Report of a vehicle that applied a snapshot at once, sent alone.
+fn applied_report(d: &tether_proto::vehicle::v1::DesiredState) -> vehicle_message::Kind {
+    let results = d
+        .fields
+        .iter()
+        .map(|f| FieldResult {
+            path: f.path.clone(),
+            generation: f.generation,
+            status: FieldStatus::Applied as i32,
+            ..Default::default()
+        })
+        .collect();
+    vehicle_message::Kind::Report(Report { observed_generation: d.generation, actual: d.state.clone(), results })
+}
+
+#[tokio::test]
+async fn a_report_sent_without_an_ack_acknowledges_its_snapshot() {
+    let server = TestServer::start_with(|c| c.heartbeat_interval = Duration::from_secs(30)).await;
+    let (mut v, _) = RawVehicle::connect(server.channel().await, "car-r", 0).await;
+    let mut app = server.app().await;
+    for (i, pct) in [(1, 10), (2, 20)] {
+        let mut req = set("car-r", &format!("k{i}"), window(pct));
+        req.wait = WaitLevel::Applied as i32;
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(BOUND);
+        let mut call = app.clone();
+        let write = tokio::spawn(async move { call.set_desired(req).await });
+        // The second snapshot comes only if the first was acknowledged: the
+        // Report alone did it.
+        let d = match v.next_non_heartbeat().await {
+            Some(server_message::Kind::Desired(d)) => d,
+            other => panic!("expected snapshot {i}, got {other:?}"),
+        };
+        assert_eq!(d.generation, i);
+        v.send(applied_report(&d)).await;
+        let out = write.await.unwrap().expect("the write reaches APPLIED").into_inner();
+        assert_eq!(out.fields[0].status, FieldStatus::Applied as i32, "{out:?}");
+    }
+    let view = app.get_vehicle(GetVehicleRequest { vehicle_id: "car-r".into() }).await.unwrap().into_inner();
+    let presence = view.presence.unwrap();
+    assert!(!presence.snapshot_pending, "{presence:?}");
+    assert_eq!(presence.snapshots_sent, 2);
+}
