@@ -5,7 +5,8 @@
 //! server's side of the bill is what gets measured. With
 //! [`hold_applying`](LeanVehicle::hold_applying) it also applies every
 //! snapshot at once and reports each new field APPLIED (actual = desired),
-//! as the SDK agent's applier would with instant capabilities.
+//! as the SDK agent's applier would with instant capabilities, sending the
+//! Report alone (it acknowledges the snapshot too).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,8 +135,8 @@ impl LeanVehicle {
         self.run(stop, None).await;
     }
 
-    /// Like [`hold`](Self::hold), and applies every snapshot at once: after
-    /// the Ack, a Report with actual state = the desired state and each field
+    /// Like [`hold`](Self::hold), and applies every snapshot at once: instead
+    /// of an Ack, a Report with actual state = the desired state and each field
     /// newer than the last handled generation APPLIED. Each report that
     /// applied something is recorded in `applied` (what this vehicle handled,
     /// and when).
@@ -164,16 +165,15 @@ impl LeanVehicle {
                     if let Some(slot) = &applied {
                         slot.arrived(desired.generation);
                     }
-                    let ack = VehicleKind::Ack(Ack { generation: desired.generation });
                     let Some(slot) = &applied else {
+                        let ack = VehicleKind::Ack(Ack { generation: desired.generation });
                         if !self.send(&stop, ack).await {
                             return;
                         }
                         continue;
                     };
-                    if !self.send(&stop, ack).await {
-                        return;
-                    }
+                    // Applied at once: the Report alone acknowledges the
+                    // snapshot too (the protocol's step 3), one message not two.
                     let (report, fields) = apply(desired, &mut handled);
                     let observed = report.observed_generation;
                     if !self.send(&stop, VehicleKind::Report(report)).await {
