@@ -16,18 +16,7 @@ async fn healthy(mut v: RawVehicle) {
     while let Ok(Some(msg)) = v.rx.message().await {
         if let Some(server_message::Kind::Desired(d)) = msg.kind {
             v.ack(d.generation).await;
-            let results = d
-                .fields
-                .iter()
-                .map(|f| FieldResult {
-                    path: f.path.clone(),
-                    generation: f.generation,
-                    status: FieldStatus::Applied as i32,
-                    ..Default::default()
-                })
-                .collect();
-            let report = Report { observed_generation: d.generation, actual: d.state, results };
-            v.send(vehicle_message::Kind::Report(report)).await;
+            v.send(applied_report(&d)).await;
         }
     }
 }
@@ -108,7 +97,7 @@ async fn a_vehicle_that_stops_reading_gets_one_snapshot_then_only_the_latest() {
     fast.abort();
 }
 
-/// The Report of a vehicle that applied a snapshot at once, sent alone.
+/// The Report of a vehicle that applied every field of snapshot `d`.
 fn applied_report(d: &tether_proto::vehicle::v1::DesiredState) -> vehicle_message::Kind {
     let results = d
         .fields
