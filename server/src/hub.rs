@@ -110,6 +110,11 @@ impl Presence {
     pub fn online(&self) -> bool {
         self.live.is_some()
     }
+
+    /// Whether session `id` is the live one.
+    pub fn is_live(&self, id: u64) -> bool {
+        self.live.as_ref().is_some_and(|s| s.id == id)
+    }
 }
 
 /// Everything behind a cell's lock.
@@ -138,7 +143,7 @@ impl VehicleInner {
     /// DELIVERED, so a vehicle never acts on a write a crash could lose.
     pub fn snapshot_due(&self, session_id: u64, committed: u64) -> bool {
         let p = &self.presence;
-        p.live.as_ref().is_some_and(|s| s.id == session_id)
+        p.is_live(session_id)
             && p.unacked.is_none()
             && self.record.generation > p.sent_generation
             && self.record.generation <= committed
@@ -452,7 +457,7 @@ impl Hub {
     pub fn close_session(&self, cell: &VehicleCell, id: u64, now: SystemTime) {
         self.update(cell, |inner| {
             let p = &mut inner.presence;
-            if p.live.as_ref().is_some_and(|s| s.id == id) {
+            if p.is_live(id) {
                 p.live = None;
                 p.last_seen = Some(now);
                 p.unacked = None;

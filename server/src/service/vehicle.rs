@@ -434,7 +434,7 @@ impl Session {
             vehicle_message::Kind::Ack(ack) => {
                 hub.update(cell, |inner| {
                     inner.presence.last_seen = Some(now);
-                    if !live(inner, session_id) {
+                    if !inner.presence.is_live(session_id) {
                         return ((), Change::NONE);
                     }
                     if inner.presence.unacked == Some(ack.generation) {
@@ -460,7 +460,7 @@ impl Session {
                         // generation) acknowledges it too: a vehicle that applies
                         // at once may send the Report alone.
                         let acked = match inner.presence.unacked {
-                            Some(g) if g <= report.observed_generation && live(inner, session_id) => {
+                            Some(g) if g <= report.observed_generation && inner.presence.is_live(session_id) => {
                                 inner.presence.unacked = None;
                                 inner.record.acknowledge(g.min(inner.presence.sent_generation))
                             }
@@ -488,11 +488,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-/// Whether `session_id` is the vehicle's live session.
-fn live(inner: &crate::hub::VehicleInner, session_id: u64) -> bool {
-    inner.presence.live.as_ref().is_some_and(|s| s.id == session_id)
 }
 
 /// The trace context of the value a result is about: its write's, while
