@@ -396,11 +396,6 @@ impl Measured {
         self.recorder.figures(self.server, self.writes, self.seconds, self.open_loop)
     }
 
-    /// Writes sent in the measured window.
-    pub fn writes(&self) -> u64 {
-        self.writes
-    }
-
     /// Adds `other`, a later run against the same server: histograms merge,
     /// counts and measured seconds add.
     pub fn add(&mut self, other: &Measured) {

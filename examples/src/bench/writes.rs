@@ -121,10 +121,9 @@ impl Tally {
 
     fn phase(self) -> anyhow::Result<Phase> {
         let measured = self.measured.context("no round ran")?;
-        let server_cpu = self.server_cpu;
         Ok(Phase {
             load: measured.figures(),
-            server: self.rss_kib.map(|rss_kib| ServerUsage { rss_kib, cpu: server_cpu.usage() }),
+            server: self.rss_kib.map(|rss_kib| ServerUsage { rss_kib, cpu: self.server_cpu.usage() }),
             bench_cpu_percent: self.bench_cpu.usage().percent,
         })
     }
@@ -263,18 +262,14 @@ impl Rig {
         let mut per_round = Vec::with_capacity(rounds);
         for round in 0..rounds.max(1) {
             let baseline_first = round % 2 == 0;
-            let mut b = None;
-            let mut t = None;
-            let order =
-                if baseline_first { [Server::Baseline, Server::Tetherd] } else { [Server::Tetherd, Server::Baseline] };
-            for server in order {
-                tracing::info!(round = round + 1, rounds, "{}: {label}", server.name());
-                match server {
-                    Server::Baseline => b = Some(self.round(&mut base, drive(to_baseline, round)).await?),
-                    Server::Tetherd => t = Some(self.round(&mut tether, drive(&self.to_tetherd, round)).await?),
-                }
-            }
-            let (b, t) = (b.context("no baseline run")?, t.context("no tetherd run")?);
+            tracing::info!(round = round + 1, rounds, baseline_first, "{label}");
+            let (b, t) = if baseline_first {
+                let b = self.round(&mut base, drive(to_baseline, round)).await?;
+                (b, self.round(&mut tether, drive(&self.to_tetherd, round)).await?)
+            } else {
+                let t = self.round(&mut tether, drive(&self.to_tetherd, round)).await?;
+                (self.round(&mut base, drive(to_baseline, round)).await?, t)
+            };
             per_round.push(Round::of(baseline_first, &b, &t));
         }
         Ok((base.phase()?, tether.phase()?, per_round))
