@@ -6,10 +6,11 @@
 //!
 //! A batch is durable once its frame is in the write-ahead log
 //! ([`wal`](super::wal)): the writer appends the frame and `fdatasync`s the
-//! log, answers, and only then applies the frame to redb in a non-durable
-//! commit, off the write's path. A read of the audit trail waits until redb
-//! holds every frame logged before it began ([`Applied`]), so an answered
-//! write is always read back. A checkpoint (a durable redb commit, then an empty log)
+//! log, answers, and only later applies the frame to redb in a non-durable
+//! commit, off the write's path, together with the frames logged up to
+//! [`APPLY_DELAY`] after it. A read of the audit trail asks for that
+//! catch-up and waits until redb holds every frame logged before it began
+//! ([`Applied`]), so an answered write is always read back. A checkpoint (a durable redb commit, then an empty log)
 //! runs when the log reaches [`CHECKPOINT_BYTES`], after [`CHECKPOINT_IDLE`]
 //! without saves, and at close; opening replays what the log holds above the
 //! last checkpoint.
@@ -82,6 +83,8 @@ enum Op {
         limit: usize,
         done: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// A reader waits for redb to take what is logged.
+    CatchUp,
     /// Stops the writer as a crash would: no checkpoint, nothing more.
     #[cfg(test)]
     Halt(oneshot::Sender<()>),
@@ -124,6 +127,12 @@ impl Applied {
     fn broken(&self, why: StoreError) {
         self.lock().broken = Some(why);
         self.caught_up.notify_all();
+    }
+
+    /// Whether redb lacks a logged frame.
+    fn behind(&self) -> bool {
+        let state = self.lock();
+        state.applied < state.logged
     }
 
     /// Waits until redb holds every frame logged so far.
@@ -179,18 +188,21 @@ impl RedbStore {
                 meta.get(WAL_SEQ).map_err(err)?.map_or(0, |v| v.value())
             };
             let mut wal_seq = checkpointed;
-            for frame in frames.iter().skip_while(|f| f.seq <= checkpointed) {
+            let above = frames.iter().position(|f| f.seq > checkpointed).unwrap_or(frames.len());
+            let mut replay = &frames[above..];
+            for (i, frame) in replay.iter().enumerate() {
                 if frame.seq != wal_seq + 1 {
                     tracing::warn!(
                         expected = wal_seq + 1,
                         found = frame.seq,
                         "write-ahead log skips a frame; replay stops"
                     );
+                    replay = &replay[..i];
                     break;
                 }
-                apply(&txn, frame)?;
                 wal_seq = frame.seq;
             }
+            apply(&txn, replay)?;
             if wal_seq > checkpointed {
                 tracing::info!(commits = wal_seq - checkpointed, "replayed the write-ahead log");
             }
@@ -228,6 +240,7 @@ impl RedbStore {
                     failed: None,
                     applied: writer_applied,
                     unapplied: Vec::new(),
+                    unapplied_since: None,
                 };
                 writer.run(&rx);
                 writer.checkpoint();
@@ -258,14 +271,21 @@ struct Writer<'a> {
     failed: Option<StoreError>,
     applied: Arc<Applied>,
     /// Frames logged and answered that redb has not taken yet: applied
-    /// together, in one redb commit, when no save is queued (or
-    /// [`APPLY_BATCH`] of them wait), and always before a prune or a
-    /// checkpoint.
+    /// together, in one redb commit, once the oldest waited [`APPLY_DELAY`]
+    /// or [`APPLY_BATCH`] of them wait, when a reader asks, and always
+    /// before a prune or a checkpoint.
     unapplied: Vec<Frame>,
+    /// When the oldest of `unapplied` was logged.
+    unapplied_since: Option<Instant>,
 }
 
-/// Most logged frames that wait for redb while saves keep coming.
-const APPLY_BATCH: usize = 16;
+/// Longest a logged frame waits for redb. redb is not the durable copy (the
+/// log is) and readers ask for a catch-up, so the wait only sets how many
+/// frames share one redb commit: each table opened once and a vehicle's
+/// record written once per commit, however many saves it had.
+const APPLY_DELAY: Duration = Duration::from_millis(100);
+/// Most logged frames that wait for redb.
+const APPLY_BATCH: usize = 512;
 
 impl Writer<'_> {
     /// Serves saves and prunes until the store closes (the caller then
@@ -273,19 +293,19 @@ impl Writer<'_> {
     fn run(&mut self, rx: &mpsc::Receiver<Op>) {
         let mut pending = None;
         loop {
-            if pending.is_none() {
-                // redb catches up when nothing is queued, or when enough waits.
-                pending = match rx.try_recv() {
-                    Ok(op) => Some(op),
-                    Err(mpsc::TryRecvError::Empty) => None,
-                    Err(mpsc::TryRecvError::Disconnected) => return,
-                };
-                if pending.is_none() || self.unapplied.len() >= APPLY_BATCH {
-                    self.catch_up();
-                }
+            if self.unapplied.len() >= APPLY_BATCH || self.apply_at().is_some_and(|at| at <= Instant::now()) {
+                self.catch_up();
             }
             let first = match pending.take() {
                 Some(op) => op,
+                None if let Some(at) = self.apply_at() => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(op) => op,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.catch_up();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
                 None if self.dirty => match rx.recv_timeout(CHECKPOINT_IDLE) {
                     Ok(op) => op,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -303,6 +323,10 @@ impl Writer<'_> {
                 Op::Save(save) => save,
                 Op::Prune { before, limit, done } => {
                     let _ = done.send(self.prune(before, limit));
+                    continue;
+                }
+                Op::CatchUp => {
+                    self.catch_up();
                     continue;
                 }
                 #[cfg(test)]
@@ -352,6 +376,7 @@ impl Writer<'_> {
             }
             // Answered: redb takes it later, off the writes' path.
             if let Ok(frame) = logged {
+                self.unapplied_since.get_or_insert_with(Instant::now);
                 self.unapplied.push(frame);
             }
             if self.wal.len() >= CHECKPOINT_BYTES {
@@ -388,12 +413,13 @@ impl Writer<'_> {
             return;
         }
         let frames = std::mem::take(&mut self.unapplied);
+        self.unapplied_since = None;
+        let started = Instant::now();
         let applied = self.begin_non_durable().and_then(|txn| {
-            for frame in &frames {
-                apply(&txn, frame)?;
-            }
+            apply(&txn, &frames)?;
             txn.commit().map_err(err)
         });
+        tracing::debug!(frames = frames.len(), micros = started.elapsed().as_micros() as u64, "redb caught up");
         self.dirty = true;
         match applied {
             Ok(()) => self.applied.applied(last),
@@ -402,6 +428,11 @@ impl Writer<'_> {
                 self.stop(err(format!("the store's tables failed ({e}); no further write is accepted")));
             }
         }
+    }
+
+    /// When redb must take the waiting frames, if any wait.
+    fn apply_at(&self) -> Option<Instant> {
+        self.unapplied_since.map(|since| since + APPLY_DELAY)
     }
 
     /// Refuses every later save (and checkpoint), and tells waiting readers
@@ -509,35 +540,43 @@ impl Writer<'_> {
     }
 }
 
-/// Applies one frame's changes to a write transaction (a live commit and
-/// recovery take the same path).
-fn apply(txn: &WriteTransaction, frame: &Frame) -> Result<(), StoreError> {
-    let mut table = txn.open_table(VEHICLES).map_err(err)?;
-    for row in &frame.records {
-        table.insert(row.vehicle.as_str(), row.record.as_ref()).map_err(err)?;
+/// Applies frames' changes, in order, to a write transaction (a live
+/// catch-up and recovery take the same path). Each table is opened once,
+/// and a row changed by several frames is written once, as the last frame
+/// left it: the result is the same as applying them one by one.
+fn apply(txn: &WriteTransaction, frames: &[Frame]) -> Result<(), StoreError> {
+    let Some(last) = frames.last() else { return Ok(()) };
+    let mut records: HashMap<&str, &Bytes> = HashMap::new();
+    let mut keys: HashMap<(&str, &str), Option<&Bytes>> = HashMap::new();
+    for frame in frames {
+        records.extend(frame.records.iter().map(|row| (row.vehicle.as_str(), &row.record)));
+        keys.extend(frame.keys.iter().map(|row| ((row.vehicle.as_str(), row.key.as_str()), row.entry.as_ref())));
     }
-    if !frame.keys.is_empty() {
-        let mut keys = txn.open_table(KEYS).map_err(err)?;
-        for row in &frame.keys {
-            let key = (row.vehicle.as_str(), row.key.as_str());
-            match &row.entry {
-                Some(entry) => keys.insert(key, entry.as_ref()).map(drop),
-                None => keys.remove(key).map(drop),
+    let mut table = txn.open_table(VEHICLES).map_err(err)?;
+    for (vehicle, record) in records {
+        table.insert(vehicle, record.as_ref()).map_err(err)?;
+    }
+    if !keys.is_empty() {
+        let mut table = txn.open_table(KEYS).map_err(err)?;
+        for (key, entry) in keys {
+            match entry {
+                Some(entry) => table.insert(key, entry.as_ref()).map(drop),
+                None => table.remove(key).map(drop),
             }
             .map_err(err)?;
         }
     }
     let mut meta = txn.open_table(META).map_err(err)?;
-    if !frame.audits.is_empty() {
+    if frames.iter().any(|f| !f.audits.is_empty()) {
         let mut audit = txn.open_table(AUDIT).map_err(err)?;
         let mut age = txn.open_table(AUDIT_AGE).map_err(err)?;
-        for row in &frame.audits {
+        for row in frames.iter().flat_map(|f| &f.audits) {
             audit.insert((row.vehicle.as_str(), row.seq), row.record.as_ref()).map_err(err)?;
             age.insert((row.at, row.seq), row.vehicle.as_str()).map_err(err)?;
         }
-        meta.insert(AUDIT_SEQ, frame.audit_next).map_err(err)?;
+        meta.insert(AUDIT_SEQ, last.audit_next).map_err(err)?;
     }
-    meta.insert(WAL_SEQ, frame.seq).map_err(err)?;
+    meta.insert(WAL_SEQ, last.seq).map_err(err)?;
     Ok(())
 }
 
@@ -555,6 +594,7 @@ impl RedbStore {
             Some((Op::Prune { done, .. }, why)) => {
                 let _ = done.send(Err(err(why)));
             }
+            Some((Op::CatchUp, _)) => {}
             #[cfg(test)]
             Some((Op::Halt(_), _)) => {}
             None => {}
@@ -598,6 +638,9 @@ impl Store for RedbStore {
 
     fn audit_page(&self, vehicle: &str, before: Option<u64>, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
         // Every answered write is read back: redb first takes what is logged.
+        if self.applied.behind() {
+            self.send(Op::CatchUp);
+        }
         self.applied.wait()?;
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(AUDIT).map_err(err)?;
@@ -902,6 +945,81 @@ mod tests {
             at: UNIX_EPOCH + std::time::Duration::from_secs(at_secs),
             record: Bytes::from_static(text.as_bytes()),
         }
+    }
+
+    /// Every row of every table, to compare two databases.
+    fn dump(db: &Database) -> Vec<String> {
+        let txn = db.begin_read().unwrap();
+        let mut rows = Vec::new();
+        for row in txn.open_table(VEHICLES).unwrap().iter().unwrap() {
+            let (k, v) = row.unwrap();
+            rows.push(format!("vehicle {} = {:?}", k.value(), v.value()));
+        }
+        for row in txn.open_table(KEYS).unwrap().iter().unwrap() {
+            let (k, v) = row.unwrap();
+            rows.push(format!("key {:?} = {:?}", k.value(), v.value()));
+        }
+        for row in txn.open_table(AUDIT).unwrap().iter().unwrap() {
+            let (k, v) = row.unwrap();
+            rows.push(format!("audit {:?} = {:?}", k.value(), v.value()));
+        }
+        for row in txn.open_table(AUDIT_AGE).unwrap().iter().unwrap() {
+            let (k, v) = row.unwrap();
+            rows.push(format!("age {:?} = {}", k.value(), v.value()));
+        }
+        for row in txn.open_table(META).unwrap().iter().unwrap() {
+            let (k, v) = row.unwrap();
+            rows.push(format!("meta {} = {}", k.value(), v.value()));
+        }
+        rows
+    }
+
+    #[test]
+    fn frames_applied_in_one_commit_leave_what_applying_them_one_by_one_leaves() {
+        let rec = |vehicle: &str, record: &'static [u8]| RecordRow { vehicle: vehicle.into(), record: record.into() };
+        let key = |vehicle: &str, key: &str, entry: Option<&'static [u8]>| KeyRow {
+            vehicle: vehicle.into(),
+            key: key.into(),
+            entry: entry.map(Bytes::from_static),
+        };
+        let audit = |vehicle: &str, seq: u64| AuditRow { vehicle: vehicle.into(), at: seq * 10, seq, record: "a".into() };
+        // A record rewritten, a key put then forgotten, one forgotten then
+        // put again, and audit records in several frames.
+        let frames = [
+            Frame {
+                seq: 1,
+                records: vec![rec("car-1", b"one"), rec("car-2", b"x")],
+                keys: vec![key("car-1", "k1", Some(b"e1")), key("car-1", "k2", Some(b"e2"))],
+                audits: vec![audit("car-1", 1)],
+                audit_next: 2,
+            },
+            Frame { seq: 2, records: vec![rec("car-1", b"two")], keys: vec![key("car-1", "k1", None)], audits: vec![], audit_next: 2 },
+            Frame {
+                seq: 3,
+                records: vec![rec("car-1", b"three")],
+                keys: vec![key("car-1", "k2", None), key("car-1", "k2", Some(b"e2b")), key("car-2", "k1", Some(b"x1"))],
+                audits: vec![audit("car-2", 2), audit("car-1", 3)],
+                audit_next: 4,
+            },
+            Frame { seq: 4, records: vec![], keys: vec![], audits: vec![], audit_next: 4 },
+        ];
+        let (one_by_one, together) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Database::create(one_by_one.path().join("db")).unwrap();
+        for frame in &frames {
+            let txn = a.begin_write().unwrap();
+            apply(&txn, std::slice::from_ref(frame)).unwrap();
+            txn.commit().unwrap();
+        }
+        let b = Database::create(together.path().join("db")).unwrap();
+        let txn = b.begin_write().unwrap();
+        apply(&txn, &frames).unwrap();
+        txn.commit().unwrap();
+        let rows = dump(&a);
+        assert_eq!(rows, dump(&b));
+        assert!(rows.contains(&r#"vehicle car-1 = [116, 104, 114, 101, 101]"#.to_string()), "{rows:#?}");
+        assert!(rows.contains(&r#"key ("car-1", "k2") = [101, 50, 98]"#.to_string()), "{rows:#?}");
+        assert!(!rows.iter().any(|r| r.starts_with(r#"key ("car-1", "k1")"#)), "{rows:#?}");
+        assert!(rows.contains(&"meta wal_seq = 4".to_string()) && rows.contains(&"meta audit_seq = 4".to_string()));
     }
 
     #[tokio::test]
