@@ -298,14 +298,16 @@ impl Writer<'_> {
             }
             let first = match pending.take() {
                 Some(op) => op,
-                None if let Some(at) = self.apply_at() => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(op) => op,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.catch_up();
-                        continue;
+                None if let Some(at) = self.apply_at() => {
+                    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                        Ok(op) => op,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            self.catch_up();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                },
+                }
                 None if self.dirty => match rx.recv_timeout(CHECKPOINT_IDLE) {
                     Ok(op) => op,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -982,7 +984,8 @@ mod tests {
             key: key.into(),
             entry: entry.map(Bytes::from_static),
         };
-        let audit = |vehicle: &str, seq: u64| AuditRow { vehicle: vehicle.into(), at: seq * 10, seq, record: "a".into() };
+        let audit =
+            |vehicle: &str, seq: u64| AuditRow { vehicle: vehicle.into(), at: seq * 10, seq, record: "a".into() };
         // A record rewritten, a key put then forgotten, one forgotten then
         // put again, and audit records in several frames.
         let frames = [
@@ -993,7 +996,13 @@ mod tests {
                 audits: vec![audit("car-1", 1)],
                 audit_next: 2,
             },
-            Frame { seq: 2, records: vec![rec("car-1", b"two")], keys: vec![key("car-1", "k1", None)], audits: vec![], audit_next: 2 },
+            Frame {
+                seq: 2,
+                records: vec![rec("car-1", b"two")],
+                keys: vec![key("car-1", "k1", None)],
+                audits: vec![],
+                audit_next: 2,
+            },
             Frame {
                 seq: 3,
                 records: vec![rec("car-1", b"three")],
