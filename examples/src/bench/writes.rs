@@ -13,6 +13,7 @@
 //!
 //! Server RSS and CPU (per thread name) come from `/proc`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::baseline::{Baseline, BaselineOptions};
+use super::counters::{Counts, PerfStat};
 use super::cpu::{self, CpuUsage};
 use super::fleet::{ApplyingFleet, FleetOptions};
 use super::load::{self, LoadFigures, Outcome, Percentiles, Recorder, Server, Writes, ms, round, wait_name};
@@ -57,6 +59,10 @@ pub struct WriteSetup {
     pub channels: usize,
     /// What each write waits for.
     pub wait: WaitLevel,
+    /// `perf stat` events to count per write in each server and in this
+    /// process (e.g. `context-switches,raw_syscalls:sys_enter`); none: no
+    /// counting.
+    pub perf_events: Option<String>,
 }
 
 impl WriteSetup {
@@ -73,6 +79,7 @@ impl WriteSetup {
             },
             channels: 4,
             wait: WaitLevel::Applied,
+            perf_events: None,
         }
     }
 }
@@ -96,6 +103,18 @@ pub struct Phase {
     pub server: Option<ServerUsage>,
     /// The benchmark's own CPU (clients and vehicles), percent of one core.
     pub bench_cpu_percent: f64,
+    /// With `--perf-events`: each event per write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_write: Option<PerWrite>,
+}
+
+/// `perf stat` counts of a phase, divided by its writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct PerWrite {
+    /// In the server.
+    pub server: BTreeMap<String, f64>,
+    /// In the benchmark (app clients and vehicles).
+    pub bench: BTreeMap<String, f64>,
 }
 
 /// One server's rounds of a scenario, summed.
@@ -106,6 +125,8 @@ struct Tally {
     bench_cpu: cpu::CpuTally,
     /// RSS after the latest round, KiB (`None`: no process of its own).
     rss_kib: Option<u64>,
+    /// With `--perf-events`: the server's and this process's counts.
+    counts: Option<(Counts, Counts)>,
 }
 
 impl Tally {
@@ -116,15 +137,21 @@ impl Tally {
             server_cpu: cpu::CpuTally::default(),
             bench_cpu: cpu::CpuTally::default(),
             rss_kib: None,
+            counts: None,
         }
     }
 
     fn phase(self) -> anyhow::Result<Phase> {
         let measured = self.measured.context("no round ran")?;
+        let load = measured.figures();
+        let per_write = self
+            .counts
+            .map(|(server, bench)| PerWrite { server: server.per(load.writes), bench: bench.per(load.writes) });
         Ok(Phase {
-            load: measured.figures(),
+            load,
             server: self.rss_kib.map(|rss_kib| ServerUsage { rss_kib, cpu: self.server_cpu.usage() }),
             bench_cpu_percent: self.bench_cpu.usage().percent,
+            per_write,
         })
     }
 }
@@ -179,6 +206,8 @@ struct Rig {
     fleet: ApplyingFleet,
     to_tetherd: Writes,
     to_baseline: Option<Writes>,
+    /// `perf stat` events counted around each run.
+    perf_events: Option<String>,
 }
 
 impl Rig {
@@ -208,7 +237,8 @@ impl Rig {
             Some(b) => Some(Writes::connect(&b.url(), setup.channels, ids, setup.wait, Server::Baseline).await?),
             None => None,
         };
-        Ok(Rig { tetherd, rss_before_fleet_kib, baseline, fleet, to_tetherd, to_baseline })
+        let perf_events = setup.perf_events.clone();
+        Ok(Rig { tetherd, rss_before_fleet_kib, baseline, fleet, to_tetherd, to_baseline, perf_events })
     }
 
     /// The server's pid, if its figures are its own.
@@ -229,10 +259,20 @@ impl Rig {
     ) -> anyhow::Result<LoadFigures> {
         let pid = self.pid_of(tally.server);
         let own = std::process::id();
+        let counting = match (&self.perf_events, pid) {
+            (Some(events), Some(pid)) => Some((PerfStat::start(pid, events)?, PerfStat::start(own, events)?)),
+            _ => None,
+        };
         let server_before = pid.map(cpu::sample).transpose()?;
         let own_before = cpu::sample(own)?;
         let measured = drive.await?;
         let own_after = cpu::sample(own)?;
+        if let Some((server, bench)) = counting {
+            let (server, bench) = (server.stop().await?, bench.stop().await?);
+            let sum = tally.counts.get_or_insert_default();
+            sum.0.add(&server);
+            sum.1.add(&bench);
+        }
         if let (Some(pid), Some(before)) = (pid, server_before) {
             tally.server_cpu.add(&before, &cpu::sample(pid)?);
             tally.rss_kib = Some(super::rss::rss_kib(pid)?);
@@ -667,11 +707,20 @@ fn usage_line(f: &mut fmt::Formatter<'_>, name: &str, phase: &Phase) -> fmt::Res
             s.rss_kib,
             s.cpu.summary(),
             phase.bench_cpu_percent
-        ),
-        None => {
-            writeln!(f, "  {name:<9} (in this process: no separate CPU/RSS); bench CPU {:.0}%", phase.bench_cpu_percent)
-        }
+        )?,
+        None => writeln!(
+            f,
+            "  {name:<9} (in this process: no separate CPU/RSS); bench CPU {:.0}%",
+            phase.bench_cpu_percent
+        )?,
     }
+    if let Some(per) = &phase.per_write {
+        let list = |counts: &BTreeMap<String, f64>| {
+            counts.iter().map(|(event, n)| format!("{event} {n}")).collect::<Vec<_>>().join(", ")
+        };
+        writeln!(f, "  {name:<9} per write: server {}; bench {}", list(&per.server), list(&per.bench))?;
+    }
+    Ok(())
 }
 
 fn lag_line(f: &mut fmt::Formatter<'_>, phase: &Phase) -> fmt::Result {

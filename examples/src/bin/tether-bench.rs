@@ -123,6 +123,12 @@ struct FleetArgs {
     /// What each write waits for: applied, delivered or none (ACCEPTED).
     #[arg(long, default_value = "applied", value_parser = parse_wait)]
     wait: WaitLevel,
+    /// Count these `perf stat` events (comma-separated) in each server and in
+    /// the bench around every run, and report them per write, e.g.
+    /// `context-switches,raw_syscalls:sys_enter,probe_libc:malloc` (the last
+    /// after `perf probe -x <libc.so.6> malloc`).
+    #[arg(long)]
+    perf_events: Option<String>,
 }
 
 impl FleetArgs {
@@ -137,6 +143,7 @@ impl FleetArgs {
             },
             channels: self.channels,
             wait: self.wait,
+            perf_events: self.perf_events.clone(),
         }
     }
 }
