@@ -30,7 +30,7 @@ use crate::stats::Stats;
 use crate::store::{RedbStore, Store};
 use crate::tls::TlsState;
 use crate::trace::{TraceLayer, Traces};
-use crate::transport::{OversizeAsResourceExhausted, TlsTermination, accept_loop};
+use crate::transport::{CorsForBrowsers, OversizeAsResourceExhausted, TlsTermination, accept_loop};
 
 /// How often the shared expiry sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -188,7 +188,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     .prepare();
     let service = OversizeAsResourceExhausted(Authenticate::new(TraceLayer::new(routes, traces.clone()), auth));
     // CORS outside authentication: a browser's preflight carries no token.
-    let service = cors(&config.grpc_web_origins).layer(service);
+    let service = CorsForBrowsers::new(cors(&config.grpc_web_origins), service);
 
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), limits, config.audit_retention, shutdown.clone()));

@@ -410,6 +410,50 @@ where
     }
 }
 
+/// CORS for browsers only. A request without an `Origin` header (every
+/// native gRPC client and every vehicle) goes straight to the service: CORS
+/// would only add `Vary` headers to its answer, and hyper clones the service
+/// for each request, which for the CORS layer means allocating its header
+/// lists each time. A request with one (gRPC-Web from a page, a preflight)
+/// goes through the CORS layer.
+#[derive(Clone)]
+pub struct CorsForBrowsers<S> {
+    cors: Arc<tower_http::cors::Cors<S>>,
+    inner: S,
+}
+
+impl<S: Clone> CorsForBrowsers<S> {
+    /// `inner` behind `cors` for requests from browsers.
+    pub fn new(cors: tower_http::cors::CorsLayer, inner: S) -> Self {
+        use tower::Layer;
+        CorsForBrowsers { cors: Arc::new(cors.layer(inner.clone())), inner }
+    }
+}
+
+impl<S, B> Service<Request<B>> for CorsForBrowsers<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future =
+        futures::future::Either<Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if !req.headers().contains_key(http::header::ORIGIN) {
+            return futures::future::Either::Right(self.inner.call(req));
+        }
+        let cors = tower_http::cors::Cors::clone(&self.cors);
+        futures::future::Either::Left(Box::pin(tower::ServiceExt::oneshot(cors, req)))
+    }
+}
+
 /// Wraps the gRPC routes so an oversized request is RESOURCE_EXHAUSTED (as
 /// the gRPC spec says) rather than tonic's OUT_OF_RANGE.
 #[derive(Clone)]

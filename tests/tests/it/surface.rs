@@ -217,6 +217,20 @@ async fn a_browser_on_an_allowed_origin_may_call_grpc_web_across_origins() {
         .expect("answered")
         .unwrap();
     assert!(response.headers().get(http::header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+
+    // A call with no Origin (not from a page) skips CORS: no CORS header, no Vary.
+    let request = http::Request::post(path)
+        .header(http::header::HOST, server.addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(Full::new(frame(&set("car-cors", "cors-2", window(20)))))
+        .unwrap();
+    let response = tokio::time::timeout(BOUND, sender.send_request(request)).await.expect("answered").unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let headers = response.headers();
+    assert!(headers.get(http::header::VARY).is_none(), "{headers:?}");
+    assert!(!headers.keys().any(|k| k.as_str().starts_with("access-control-")), "{headers:?}");
+    let _ = response.into_body().collect().await;
     drop(sender);
     let _ = tokio::time::timeout(BOUND, conn).await;
 }
