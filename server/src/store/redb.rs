@@ -983,29 +983,27 @@ mod tests {
 
     /// Every row of every table, to compare two databases.
     fn dump(db: &Database) -> Vec<String> {
+        fn rows<K: ::redb::Key + 'static, V: ::redb::Value + 'static>(
+            txn: &::redb::ReadTransaction,
+            table: TableDefinition<K, V>,
+            out: &mut Vec<String>,
+        ) where
+            for<'a> K::SelfType<'a>: std::fmt::Debug,
+            for<'a> V::SelfType<'a>: std::fmt::Debug,
+        {
+            for row in txn.open_table(table).unwrap().iter().unwrap() {
+                let (k, v) = row.unwrap();
+                out.push(format!("{} {:?} = {:?}", ::redb::TableHandle::name(&table), k.value(), v.value()));
+            }
+        }
         let txn = db.begin_read().unwrap();
-        let mut rows = Vec::new();
-        for row in txn.open_table(VEHICLES).unwrap().iter().unwrap() {
-            let (k, v) = row.unwrap();
-            rows.push(format!("vehicle {} = {:?}", k.value(), v.value()));
-        }
-        for row in txn.open_table(KEYS).unwrap().iter().unwrap() {
-            let (k, v) = row.unwrap();
-            rows.push(format!("key {:?} = {:?}", k.value(), v.value()));
-        }
-        for row in txn.open_table(AUDIT).unwrap().iter().unwrap() {
-            let (k, v) = row.unwrap();
-            rows.push(format!("audit {:?} = {:?}", k.value(), v.value()));
-        }
-        for row in txn.open_table(AUDIT_AGE).unwrap().iter().unwrap() {
-            let (k, v) = row.unwrap();
-            rows.push(format!("age {:?} = {}", k.value(), v.value()));
-        }
-        for row in txn.open_table(META).unwrap().iter().unwrap() {
-            let (k, v) = row.unwrap();
-            rows.push(format!("meta {} = {}", k.value(), v.value()));
-        }
-        rows
+        let mut out = Vec::new();
+        rows(&txn, VEHICLES, &mut out);
+        rows(&txn, KEYS, &mut out);
+        rows(&txn, AUDIT, &mut out);
+        rows(&txn, AUDIT_AGE, &mut out);
+        rows(&txn, META, &mut out);
+        out
     }
 
     #[test]
@@ -1057,10 +1055,11 @@ mod tests {
         txn.commit().unwrap();
         let rows = dump(&a);
         assert_eq!(rows, dump(&b));
-        assert!(rows.contains(&r#"vehicle car-1 = [116, 104, 114, 101, 101]"#.to_string()), "{rows:#?}");
-        assert!(rows.contains(&r#"key ("car-1", "k2") = [101, 50, 98]"#.to_string()), "{rows:#?}");
-        assert!(!rows.iter().any(|r| r.starts_with(r#"key ("car-1", "k1")"#)), "{rows:#?}");
-        assert!(rows.contains(&"meta wal_seq = 4".to_string()) && rows.contains(&"meta audit_seq = 4".to_string()));
+        assert!(rows.contains(&r#"vehicles "car-1" = [116, 104, 114, 101, 101]"#.to_string()), "{rows:#?}");
+        assert!(rows.contains(&r#"idempotency_keys ("car-1", "k2") = [101, 50, 98]"#.to_string()), "{rows:#?}");
+        assert!(!rows.iter().any(|r| r.starts_with(r#"idempotency_keys ("car-1", "k1")"#)), "{rows:#?}");
+        assert!(rows.contains(&r#"meta "wal_seq" = 4"#.to_string()), "{rows:#?}");
+        assert!(rows.contains(&r#"meta "audit_seq" = 4"#.to_string()), "{rows:#?}");
     }
 
     #[tokio::test]

@@ -120,6 +120,22 @@ fn frame(message: &impl Message) -> Bytes {
     framed.freeze()
 }
 
+/// A gRPC-Web SetDesired over HTTP/1.1, from a page on `origin` if given.
+fn grpc_web_set(
+    server: &TestServer,
+    origin: Option<&str>,
+    request: tether_proto::app::v1::SetDesiredRequest,
+) -> http::Request<Full<Bytes>> {
+    let mut builder = http::Request::post("/tether.app.v1.ControlService/SetDesired")
+        .header(http::header::HOST, server.addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/grpc-web+proto")
+        .header("x-grpc-web", "1");
+    if let Some(origin) = origin {
+        builder = builder.header(http::header::ORIGIN, origin);
+    }
+    builder.body(Full::new(frame(&request))).unwrap()
+}
+
 #[tokio::test]
 async fn a_grpc_web_call_over_http1_gets_a_grpc_web_answer() {
     let server = TestServer::start().await;
@@ -129,12 +145,7 @@ async fn a_grpc_web_call_over_http1_gets_a_grpc_web_answer() {
     let conn = tokio::spawn(conn);
 
     // What a browser's grpc-web client sends: an HTTP/1.1 POST, no trailers.
-    let request = http::Request::post("/tether.app.v1.ControlService/SetDesired")
-        .header(http::header::HOST, server.addr.to_string())
-        .header(http::header::CONTENT_TYPE, "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .body(Full::new(frame(&set("car-web", "web-1", window(40)))))
-        .unwrap();
+    let request = grpc_web_set(&server, None, set("car-web", "web-1", window(40)));
     let response = tokio::time::timeout(BOUND, sender.send_request(request)).await.expect("answered").unwrap();
     assert_eq!(response.status(), http::StatusCode::OK);
     assert_eq!(response.version(), http::Version::HTTP_11);
@@ -197,13 +208,7 @@ async fn a_browser_on_an_allowed_origin_may_call_grpc_web_across_origins() {
     let _ = response.into_body().collect().await;
 
     // The call itself exposes the gRPC status to the page.
-    let request = http::Request::post(path)
-        .header(http::header::HOST, server.addr.to_string())
-        .header(http::header::ORIGIN, "https://fleet.example")
-        .header(http::header::CONTENT_TYPE, "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .body(Full::new(frame(&set("car-cors", "cors-1", window(10)))))
-        .unwrap();
+    let request = grpc_web_set(&server, Some("https://fleet.example"), set("car-cors", "cors-1", window(10)));
     let response = tokio::time::timeout(BOUND, sender.send_request(request)).await.expect("answered").unwrap();
     assert_eq!(response.status(), http::StatusCode::OK);
     assert_eq!(response.headers()[http::header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://fleet.example");
@@ -219,12 +224,7 @@ async fn a_browser_on_an_allowed_origin_may_call_grpc_web_across_origins() {
     assert!(response.headers().get(http::header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
 
     // A call with no Origin (not from a page) skips CORS: no CORS header, no Vary.
-    let request = http::Request::post(path)
-        .header(http::header::HOST, server.addr.to_string())
-        .header(http::header::CONTENT_TYPE, "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .body(Full::new(frame(&set("car-cors", "cors-2", window(20)))))
-        .unwrap();
+    let request = grpc_web_set(&server, None, set("car-cors", "cors-2", window(20)));
     let response = tokio::time::timeout(BOUND, sender.send_request(request)).await.expect("answered").unwrap();
     assert_eq!(response.status(), http::StatusCode::OK);
     let headers = response.headers();
