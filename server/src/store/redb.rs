@@ -308,10 +308,8 @@ impl Writer<'_> {
                 None if let Some(at) = self.apply_at() => {
                     match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                         Ok(op) => op,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            self.catch_up(APPLY_SLICE);
-                            continue;
-                        }
+                        // Due now: the loop's top applies the next slice.
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                 }
