@@ -108,6 +108,29 @@ impl DevCa {
         self.sign(params, not_before, not_after)
     }
 
+    /// A client certificate of any shape an operator's CA could issue: the
+    /// common name (or none), DNS, IP and URI subject alternative names, as
+    /// given. For testing how a server reads identities; [`DevCa::client`]
+    /// is the shape tetherd expects.
+    pub fn client_with_names(&self, names: &ClientNames<'_>, valid_for: Duration) -> Result<Issued, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        // rcgen's default subject has a common name of its own.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = names.common_name {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        for dns in names.dns {
+            params.subject_alt_names.push(SanType::DnsName((*dns).try_into()?));
+        }
+        params.subject_alt_names.extend(names.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        for uri in names.uris {
+            params.subject_alt_names.push(SanType::URI((*uri).try_into()?));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = SystemTime::now();
+        self.sign(params, now - Duration::from_secs(60), now + valid_for)
+    }
+
     fn sign(&self, mut params: CertificateParams, from: SystemTime, until: SystemTime) -> Result<Issued, rcgen::Error> {
         params.not_before = when(from);
         params.not_after = when(until);
@@ -121,6 +144,19 @@ impl DevCa {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: serial.to_vec() })
     }
+}
+
+/// The names of a client certificate made by [`DevCa::client_with_names`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientNames<'a> {
+    /// The subject's common name (none: an empty subject).
+    pub common_name: Option<&'a str>,
+    /// DNS subject alternative names.
+    pub dns: &'a [&'a str],
+    /// IP address subject alternative names.
+    pub ips: &'a [IpAddr],
+    /// URI subject alternative names.
+    pub uris: &'a [&'a str],
 }
 
 /// The issuer of development tokens.
@@ -252,8 +288,27 @@ impl DevSigner {
             iat: secs(SystemTime::now()),
             scope,
         };
+        self.sign(&claims)
+    }
+
+    /// A token with the standard claims (`sub`, `iss`, `aud`, `scope`, `iat`
+    /// now, `exp` an hour from now) changed by `claims` (e.g. an `nbf`, or
+    /// an `iat` in the future), to test how a server checks them.
+    pub fn token_with_claims(&self, subject: &str, scope: &str, claims: serde_json::Value) -> anyhow::Result<String> {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut all = serde_json::json!({
+            "sub": subject, "iss": self.issuer, "aud": self.audience, "scope": scope,
+            "iat": now, "exp": now + 3600,
+        });
+        if let (Some(all), serde_json::Value::Object(more)) = (all.as_object_mut(), claims) {
+            all.extend(more);
+        }
+        self.sign(&all)
+    }
+
+    fn sign(&self, claims: &impl serde::Serialize) -> anyhow::Result<String> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+        Ok(jsonwebtoken::encode(&header, claims, &self.key)?)
     }
 }

@@ -103,6 +103,12 @@ pub enum AuthError {
     /// No token and no service certificate.
     #[error("missing credentials: send `authorization: Bearer <token>` or connect with a service certificate")]
     Missing,
+    /// No token, and the connection's client certificate is no declared
+    /// service's.
+    #[error(
+        "missing credentials: this connection's client certificate is not a declared service's ({0}); send `authorization: Bearer <token>`"
+    )]
+    NotAService(String),
     /// The token is not a well-formed bearer JWT.
     #[error("malformed bearer token")]
     Malformed,
@@ -183,9 +189,12 @@ impl Authenticator {
                 .ok_or(AuthError::Malformed)?;
             return self.verify(token.trim());
         }
-        if let Some((peer, scopes)) = peer.and_then(|p| self.services.get(&p.name).map(|s| (p, s))) {
+        // A certificate is a service's only when it names exactly one
+        // declared service by the identity rule (see `tls::identity`).
+        let service = peer.and_then(|p| p.name().and_then(|name| self.services.get(name).map(|s| (name, s, p))));
+        if let Some((name, scopes, peer)) = service {
             return Ok(Principal {
-                subject: format!("service:{}", peer.name).into(),
+                subject: format!("service:{name}").into(),
                 scopes: scopes.clone(),
                 expires_at: Some(peer.not_after),
             });
@@ -193,7 +202,11 @@ impl Authenticator {
         if self.open {
             return Ok(Principal { subject: "anonymous".into(), scopes: Scopes::all(), expires_at: None });
         }
-        Err(AuthError::Missing)
+        Err(match peer.map(|p| &p.name) {
+            None => AuthError::Missing,
+            Some(Ok(name)) => AuthError::NotAService(format!("it names {name:?}")),
+            Some(Err(why)) => AuthError::NotAService(why.to_string()),
+        })
     }
 
     fn verify(&self, token: &str) -> Result<Principal, AuthError> {
@@ -205,10 +218,18 @@ impl Authenticator {
         validation.set_issuer(&[&keys.issuer]);
         validation.set_audience(&[&keys.audience]);
         validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
+        // `nbf` is checked when present, with the same leeway as `exp`.
+        validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|e| AuthError::Invalid(describe(e.kind())))?;
         let claims = data.claims;
+        // A token issued in the future (beyond the clock skew allowed) was
+        // minted by a wrong clock or for later use: refused like `nbf`.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) {
+            return Err(AuthError::Invalid("the token is issued in the future (iat)".into()));
+        }
         Ok(Principal {
             subject: claims.sub.into(),
             scopes: Scopes::parse(&claims.scope),
@@ -217,10 +238,15 @@ impl Authenticator {
     }
 }
 
+/// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+const LEEWAY_SECS: u64 = 5;
+
 #[derive(Debug, serde::Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
     #[serde(default)]
     scope: String,
 }

@@ -31,11 +31,14 @@ pub enum HandshakeFailure {
     TlsTimeout,
     /// A newer connection of the same vehicle opened its session first.
     Superseded,
+    /// The client certificate names no vehicle (none, or several names), or
+    /// is a service's.
+    NoIdentity,
 }
 
 impl HandshakeFailure {
     /// Every reason, in label order.
-    pub const ALL: [HandshakeFailure; 10] = [
+    pub const ALL: [HandshakeFailure; 11] = [
         HandshakeFailure::Timeout,
         HandshakeFailure::NotHello,
         HandshakeFailure::InvalidVehicleId,
@@ -46,6 +49,7 @@ impl HandshakeFailure {
         HandshakeFailure::TlsRefused,
         HandshakeFailure::TlsTimeout,
         HandshakeFailure::Superseded,
+        HandshakeFailure::NoIdentity,
     ];
 
     /// The metric label.
@@ -61,6 +65,7 @@ impl HandshakeFailure {
             HandshakeFailure::TlsRefused => "tls_refused",
             HandshakeFailure::TlsTimeout => "tls_timeout",
             HandshakeFailure::Superseded => "superseded",
+            HandshakeFailure::NoIdentity => "no_identity",
         }
     }
 }

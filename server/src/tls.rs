@@ -2,9 +2,13 @@
 //! (tonic's TLS options cannot carry CRLs or a handshake cap).
 //!
 //! A connection's identity comes from its client certificate, never from a
-//! message: the vehicle id is the certificate's first DNS subject alternative
-//! name, or its common name (configurable). The identity travels to the
-//! services as a request extension ([`PeerIdentity`]).
+//! message, by one rule ([`identity`]): the certificate must give exactly one
+//! name, read from its DNS subject alternative name (`san`, the default) or
+//! its common name (`cn`); every other name it gives in either place must be
+//! that same name. A certificate that gives none, or several, identifies no
+//! one: it may still carry a bearer token for the app API, but it opens no
+//! vehicle session and is no service. The identity travels to the services
+//! as a request extension ([`PeerIdentity`]) on every TLS connection.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -22,21 +26,37 @@ mod tickets;
 
 use tickets::Tickets;
 
-/// Which part of the client certificate names the peer.
+/// Which part of the client certificate must name the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdentityFrom {
-    /// The first DNS subject alternative name.
+    /// A DNS subject alternative name (exactly one).
     San,
-    /// The subject's common name.
+    /// The subject's common name (exactly one).
     Cn,
 }
 
-/// Who is on the other end of a connection, from its client certificate.
+/// Why a verified client certificate identifies no one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoIdentity {
+    /// The place the rule reads holds no name.
+    #[error("it has no {0} (the identity rule is --vehicle-identity {1})")]
+    Missing(&'static str, &'static str),
+    /// The certificate gives more than one name.
+    #[error("it gives several names ({}); it must give exactly one, in its DNS subject alternative name and its common name alike", .0.join(", "))]
+    Ambiguous(Vec<String>),
+    /// A name that is not text.
+    #[error("its {0} is not a UTF-8 string")]
+    NotText(&'static str),
+}
+
+/// Who is on the other end of a TLS connection, from its verified client
+/// certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
-    /// The name the certificate gives (a vehicle id, or a service's name).
-    pub name: String,
+    /// The one name the certificate gives (a vehicle id, or a service's
+    /// name), or why it gives none.
+    pub name: Result<String, NoIdentity>,
     /// When the certificate expires: a session ends then.
     pub not_after: SystemTime,
     /// The certificate's serial number (big-endian bytes): a session ends
@@ -209,21 +229,130 @@ fn fingerprint(files: &TlsFiles) -> Result<u64, TlsError> {
     Ok(h)
 }
 
-/// Reads the identity from a verified client certificate.
-pub fn identity(cert: &CertificateDer<'_>, from: IdentityFrom) -> Option<PeerIdentity> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let name = match from {
-        IdentityFrom::San => parsed.subject_alternative_name().ok().flatten().and_then(|san| {
-            san.value.general_names.iter().find_map(|n| match n {
-                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-                _ => None,
-            })
-        }),
-        IdentityFrom::Cn => {
-            parsed.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string)
-        }
-    }?;
+impl PeerIdentity {
+    /// The name, when the certificate gives exactly one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref().ok()
+    }
+}
+
+/// A client certificate that could not be parsed (rustls verified it, so
+/// this is an X.509 feature the parser does not take).
+#[derive(Debug, thiserror::Error)]
+#[error("the client certificate could not be parsed: {0}")]
+pub struct Unparsable(String);
+
+/// Reads who a verified client certificate names, by the one rule:
+/// - the names it gives are its DNS subject alternative names and its
+///   subject's common names (IP, URI and e-mail alternative names are not
+///   names of a vehicle or a service, and are ignored);
+/// - the place `from` says must hold at least one of them;
+/// - all of them, in both places, must be one and the same name.
+///
+/// So a certificate with a common name but no DNS name identifies no one
+/// under `san`, and one whose DNS name and common name disagree identifies no
+/// one under either rule. Expiry and serial are read whatever the name.
+pub fn identity(cert: &CertificateDer<'_>, from: IdentityFrom) -> Result<PeerIdentity, Unparsable> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| Unparsable(e.to_string()))?;
     let secs = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
     let serial = parsed.raw_serial().to_vec();
-    Some(PeerIdentity { name, not_after: UNIX_EPOCH + Duration::from_secs(secs), serial })
+    let san = parsed.subject_alternative_name().map_err(|e| Unparsable(e.to_string()))?;
+    let dns: Vec<&str> = san
+        .iter()
+        .flat_map(|san| &san.value.general_names)
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        })
+        .collect();
+    let name = (|| {
+        let cns = parsed
+            .subject()
+            .iter_common_name()
+            .map(|cn| cn.as_str().map_err(|_| NoIdentity::NotText("common name")))
+            .collect::<Result<Vec<&str>, _>>()?;
+        let required = match from {
+            IdentityFrom::San => (&dns, "DNS subject alternative name", "san"),
+            IdentityFrom::Cn => (&cns, "common name", "cn"),
+        };
+        if required.0.is_empty() {
+            return Err(NoIdentity::Missing(required.1, required.2));
+        }
+        let mut names: Vec<&str> = dns.iter().chain(&cns).copied().collect();
+        names.sort_unstable();
+        names.dedup();
+        match names.as_slice() {
+            [one] => Ok(one.to_string()),
+            several => Err(NoIdentity::Ambiguous(several.iter().map(|n| format!("{n:?}")).collect())),
+        }
+    })();
+    Ok(PeerIdentity { name, not_after: UNIX_EPOCH + Duration::from_secs(secs), serial })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate with `cn` (if any), DNS names, one IP and one URI name
+    /// as asked, signed by a throwaway CA.
+    fn cert(cn: Option<&str>, dns: &[&str], ip: bool, uri: bool) -> CertificateDer<'static> {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        for d in dns {
+            params.subject_alt_names.push(SanType::DnsName((*d).try_into().unwrap()));
+        }
+        if ip {
+            params.subject_alt_names.push(SanType::IpAddress([10, 0, 0, 7].into()));
+        }
+        if uri {
+            params.subject_alt_names.push(SanType::URI("spiffe://fleet/car-1".try_into().unwrap()));
+        }
+        params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().clone()
+    }
+
+    fn name(cert: &CertificateDer<'_>, from: IdentityFrom) -> Result<String, NoIdentity> {
+        identity(cert, from).unwrap().name
+    }
+
+    #[test]
+    fn every_certificate_shape_gives_exactly_one_name_or_none() {
+        use IdentityFrom::{Cn, San};
+        let one = |n: &str| Ok(n.to_string());
+        let missing_dns = Err(NoIdentity::Missing("DNS subject alternative name", "san"));
+        let missing_cn = Err(NoIdentity::Missing("common name", "cn"));
+        let ambiguous = |names: &[&str]| Err(NoIdentity::Ambiguous(names.iter().map(|n| format!("{n:?}")).collect()));
+        // (shape, certificate, under san, under cn)
+        let cases = [
+            ("CN only", cert(Some("car-1"), &[], false, false), missing_dns.clone(), one("car-1")),
+            ("DNS SAN only", cert(None, &["car-1"], false, false), one("car-1"), missing_cn.clone()),
+            ("CN and DNS SAN agreeing", cert(Some("car-1"), &["car-1"], false, false), one("car-1"), one("car-1")),
+            (
+                "CN and DNS SAN disagreeing",
+                cert(Some("car-2"), &["car-1"], false, false),
+                ambiguous(&["car-1", "car-2"]),
+                ambiguous(&["car-1", "car-2"]),
+            ),
+            (
+                "several DNS SANs",
+                cert(None, &["car-1", "car-2"], false, false),
+                ambiguous(&["car-1", "car-2"]),
+                missing_cn.clone(),
+            ),
+            ("the same DNS SAN twice", cert(None, &["car-1", "car-1"], false, false), one("car-1"), missing_cn.clone()),
+            ("CN and an IP SAN", cert(Some("car-1"), &[], true, false), missing_dns.clone(), one("car-1")),
+            ("CN and a URI SAN", cert(Some("car-1"), &[], false, true), missing_dns.clone(), one("car-1")),
+            ("DNS SAN and IP and URI SANs", cert(None, &["car-1"], true, true), one("car-1"), missing_cn.clone()),
+            ("empty subject, no names", cert(None, &[], false, false), missing_dns, missing_cn),
+        ];
+        for (shape, cert, san, cn) in cases {
+            assert_eq!(name(&cert, San), san, "{shape} under san");
+            assert_eq!(name(&cert, Cn), cn, "{shape} under cn");
+            let read = identity(&cert, San).unwrap();
+            assert!(!read.serial.is_empty() && read.not_after > SystemTime::now(), "{shape}: expiry and serial");
+        }
+    }
 }

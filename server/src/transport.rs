@@ -187,7 +187,7 @@ pub async fn accept_loop<S>(
                 tasks.spawn(async move {
                     let Some(stream) = tls.handshake(stream, peer, &stats, &shutdown).await else { return };
                     let Some(identity) = tls.admit(&stream, peer, &stats) else { return };
-                    let service = WithPeer { inner: service, identity: identity.map(Arc::new) };
+                    let service = WithPeer { inner: service, identity: Some(Arc::new(identity)) };
                     serving.spawn(serve(Box::new((stream, service)), peer, builder, shutdown, grace, gauge));
                 });
             }
@@ -240,37 +240,41 @@ impl TlsTermination {
         }
     }
 
-    /// The identity of a connection whose handshake finished (`None` inside
-    /// when the certificate names no one), or `None` (and the connection is
-    /// dropped) when its certificate has expired or is revoked. rustls
-    /// verified the certificate if the handshake was full; a resumed one
-    /// brings the certificate verified when its ticket was issued, so expiry
-    /// and revocation are checked here.
+    /// The identity of a connection whose handshake finished, or `None` (and
+    /// the connection is dropped) when its certificate has expired, is
+    /// revoked, or cannot be read. rustls verified the certificate if the
+    /// handshake was full; a resumed one brings the certificate verified
+    /// when its ticket was issued, so expiry and revocation are checked here
+    /// for both. A certificate that names no one is admitted with that
+    /// verdict (it may carry a token for the app API); the vehicle service
+    /// refuses its sessions.
     fn admit<I>(
         &self,
         stream: &tokio_rustls::server::TlsStream<I>,
         peer: SocketAddr,
         stats: &Stats,
-    ) -> Option<Option<crate::tls::PeerIdentity>> {
+    ) -> Option<crate::tls::PeerIdentity> {
         let conn = stream.get_ref().1;
         let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        let identity = conn
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|cert| crate::tls::identity(cert, self.identity_from));
         // Counted as completed whether or not the certificate is admitted.
         stats::bump(if resumed { &stats.tls_resumed_handshakes } else { &stats.tls_full_handshakes });
+        let identity = match conn.peer_certificates().and_then(|chain| chain.first()) {
+            Some(cert) => crate::tls::identity(cert, self.identity_from).map_err(|e| e.to_string()),
+            // Client certificates are required: rustls never lets this through.
+            None => Err("no client certificate".to_string()),
+        };
         let refusal = match &identity {
-            Some(id) if id.not_after <= std::time::SystemTime::now() => Some("the client certificate has expired"),
-            Some(id) if self.state.is_revoked(&id.serial) => Some("the client certificate is revoked"),
-            _ => None,
+            Err(why) => Some(why.as_str()),
+            Ok(id) if id.not_after <= std::time::SystemTime::now() => Some("the client certificate has expired"),
+            Ok(id) if self.state.is_revoked(&id.serial) => Some("the client certificate is revoked"),
+            Ok(_) => None,
         };
         if let Some(reason) = refusal {
             stats.handshake_failed(HandshakeFailure::TlsRefused);
             tracing::info!(%peer, resumed, reason, "TLS connection refused after the handshake");
             return None;
         }
-        Some(identity)
+        identity.ok()
     }
 }
 

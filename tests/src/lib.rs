@@ -106,6 +106,13 @@ impl TestServer {
             .sum()
     }
 
+    /// Sessions or connections refused so far for `why`.
+    pub fn handshake_failures_for(&self, why: tetherd::stats::HandshakeFailure) -> u64 {
+        let stats = &self.handle.as_ref().expect("running").hub().stats;
+        let i = tetherd::stats::HandshakeFailure::ALL.iter().position(|w| *w == why).expect("listed");
+        stats.handshake_failures[i].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// TLS handshakes completed so far: (in full, resumed with a ticket).
     pub fn tls_handshakes(&self) -> (u64, u64) {
         let stats = &self.handle.as_ref().expect("running").hub().stats;

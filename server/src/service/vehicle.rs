@@ -179,10 +179,9 @@ impl Session {
             let _ = tx.send(fail(e)).await;
             return;
         }
-        if let Some(identity) = self.identity.as_ref().filter(|i| i.name != hello.vehicle_id) {
-            tracing::warn!(certificate = %identity.name, hello = %hello.vehicle_id, "refused: Hello names another vehicle");
-            failed(HandshakeFailure::WrongVehicle);
-            let e = ApiError::WrongVehicle { certificate: identity.name.clone(), hello: hello.vehicle_id.clone() };
+        if let Err((why, e)) = self.certificate_names(&hello.vehicle_id) {
+            tracing::warn!(hello = %hello.vehicle_id, error = %e, "refused: the client certificate does not name this vehicle");
+            failed(why);
             let _ = tx.send(fail(e)).await;
             return;
         }
@@ -262,6 +261,36 @@ impl Session {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Whether this connection may speak for `vehicle`: without TLS (served
+    /// on loopback only) anyone may; with TLS, only a client certificate
+    /// that names exactly `vehicle` by the identity rule, and is not a
+    /// declared service's. Every TLS connection carries its verdict; one
+    /// without it is refused too (fail closed).
+    fn certificate_names(&self, vehicle: &str) -> Result<(), (HandshakeFailure, ApiError)> {
+        let config = &self.api.config;
+        if config.tls_cert.is_none() {
+            return Ok(());
+        }
+        let denied = |msg: String| (HandshakeFailure::NoIdentity, ApiError::PermissionDenied(msg));
+        let name = match self.identity.as_deref().map(|i| &i.name) {
+            None => return Err(denied("this connection has no verified client certificate".into())),
+            Some(Err(why)) => {
+                return Err(denied(format!("this connection's client certificate names no vehicle: {why}")));
+            }
+            Some(Ok(name)) => name,
+        };
+        if config.services.iter().any(|(service, _)| service == name) {
+            return Err(denied(format!(
+                "this connection's client certificate is service {name:?}'s; a service may not open a vehicle session"
+            )));
+        }
+        if name != vehicle {
+            let e = ApiError::WrongVehicle { certificate: name.clone(), hello: vehicle.to_string() };
+            return Err((HandshakeFailure::WrongVehicle, e));
+        }
+        Ok(())
     }
 
     async fn serve(

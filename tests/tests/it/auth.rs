@@ -132,6 +132,36 @@ async fn tokens_are_verified_and_scopes_limit_fields_and_vehicles() {
 }
 
 #[tokio::test]
+async fn a_token_not_valid_yet_or_issued_in_the_future_is_refused() {
+    let signer = DevSigner::new("k1", ISSUER, AUDIENCE).unwrap();
+    let server = server_with_keys(&signer).await;
+    let mut app = server.app().await;
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = |claims| signer.token_with_claims("ops", "vehicles:read vehicles:control", claims).unwrap();
+    let refused = [
+        ("nbf an hour ahead", token(serde_json::json!({ "nbf": now + 3600 })), "not valid yet"),
+        ("nbf beyond the 5 s leeway", token(serde_json::json!({ "nbf": now + 30 })), "not valid yet"),
+        ("iat an hour ahead", token(serde_json::json!({ "iat": now + 3600 })), "issued in the future"),
+    ];
+    for (what, token, says) in refused {
+        let err = app.set_desired(bearer(set("car-1", "k1", window(10)), &token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+        assert!(err.message().contains(says), "{what}: {}", err.message());
+    }
+    let admin = signer.token("ops", "vehicles:read", hour()).unwrap();
+    let err = app.get_vehicle(bearer(GetVehicleRequest { vehicle_id: "car-1".into() }, &admin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "no refused token changed anything");
+    // Within the leeway, and in the past, both are fine.
+    let fine = [
+        token(serde_json::json!({ "nbf": now + 2, "iat": now + 2 })),
+        token(serde_json::json!({ "nbf": now - 60, "iat": now - 60 })),
+    ];
+    for (i, token) in fine.iter().enumerate() {
+        app.set_desired(bearer(set("car-1", &format!("ok{i}"), window(10)), token)).await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn a_watch_outlives_its_token_and_resumes_with_a_fresh_one_missing_nothing() {
     let signer = DevSigner::new("k1", ISSUER, AUDIENCE).unwrap();
     let server = server_with_keys(&signer).await;

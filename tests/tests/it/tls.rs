@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tether_cli::pki::{DevCa, Issued};
+use tether_cli::pki::{ClientNames, DevCa, Issued};
 use tether_proto::RawState;
 use tether_proto::vehicle::v1::{Goodbye, GoodbyeReason, Hello, server_message};
 use tether_tests::{BOUND, RawVehicle, TestServer, eventually};
@@ -171,6 +171,125 @@ async fn a_certificate_for_one_vehicle_cannot_say_hello_as_another() {
     assert_eq!(server.stats().sessions, 0);
     // The same connection may be car-a.
     assert!(matches!(hello(channel, "car-a").await.unwrap().0, server_message::Kind::Welcome(_)));
+}
+
+#[tokio::test]
+async fn only_a_certificate_naming_exactly_one_vehicle_opens_its_session() {
+    use tether_proto::app::v1::control_service_client::ControlServiceClient;
+    use tether_proto::state::v1::{Doors, LockState, VehicleState};
+
+    let pki = Pki::new();
+    let server = pki.server_with(|c| c.services = vec![("app".into(), "vehicles:read vehicles:control".into())]).await;
+    // car-1's doors are to be unlocked: what an impersonator would receive.
+    let app_cert = pki.vehicle("app", Duration::from_secs(3600));
+    let mut app = ControlServiceClient::new(connect(&server, &pki.ca.cert_pem, Some(&app_cert)).await.unwrap());
+    let unlock = VehicleState { doors: Some(Doors { lock: Some(LockState::Unlocked as i32) }), ..Default::default() };
+    app.set_desired(crate::set("car-1", "k1", unlock)).await.unwrap();
+
+    let hour = Duration::from_secs(3600);
+    let shaped = |names: ClientNames<'_>| pki.ca.client_with_names(&names, hour).unwrap();
+    let ip = ["10.0.0.7".parse().unwrap()];
+    let refused = [
+        ("CN only", shaped(ClientNames { common_name: Some("car-1"), ..Default::default() }), "no DNS subject"),
+        (
+            "CN and DNS SAN disagreeing",
+            shaped(ClientNames { common_name: Some("car-2"), dns: &["car-1"], ..Default::default() }),
+            "several names",
+        ),
+        ("several DNS SANs", shaped(ClientNames { dns: &["car-1", "car-2"], ..Default::default() }), "several names"),
+        (
+            "CN and an IP SAN",
+            shaped(ClientNames { common_name: Some("car-1"), ips: &ip, ..Default::default() }),
+            "no DNS",
+        ),
+        (
+            "CN and a URI SAN",
+            shaped(ClientNames { common_name: Some("car-1"), uris: &["spiffe://fleet/car-1"], ..Default::default() }),
+            "no DNS",
+        ),
+        ("empty subject, an IP SAN only", shaped(ClientNames { ips: &ip, ..Default::default() }), "no DNS"),
+        ("a declared service's", app_cert.clone(), "service \"app\""),
+    ];
+    let no_identity = || server.handshake_failures_for(tetherd::stats::HandshakeFailure::NoIdentity);
+    for (i, (shape, cert, says)) in refused.iter().enumerate() {
+        let channel = connect(&server, &pki.ca.cert_pem, Some(cert)).await.unwrap();
+        let vehicle = if *shape == "a declared service's" { "app" } else { "car-1" };
+        let err = hello(channel, vehicle).await.expect_err(shape);
+        assert_eq!(err.code(), Code::PermissionDenied, "{shape}: {err:?}");
+        assert!(err.message().contains(says), "{shape}: {}", err.message());
+        assert_eq!(no_identity(), i as u64 + 1, "{shape}: counted");
+    }
+    assert_eq!(server.stats().sessions, 0, "no session opened");
+
+    // A session that resumes with a ticket is held to the same rule.
+    let cn_only = &refused[0].1;
+    let endpoint = tls_endpoint(server.addr, &pki.ca.cert_pem, cn_only);
+    for _ in 0..2 {
+        let err = hello(endpoint.connect().await.unwrap(), "car-1").await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    assert!(server.tls_handshakes().1 >= 1, "the second connection resumed");
+    // So is one after a reload of the TLS files.
+    let before = server.tls_handshakes();
+    std::fs::write(pki.path("fleet.crl"), pki.ca.crl(&[b"\x01\x02".as_slice()]).unwrap()).unwrap();
+    eventually("the reloaded files are used", BOUND, || async {
+        let channel = endpoint.connect().await.ok()?;
+        let err = hello(channel, "car-1").await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        (server.tls_handshakes().0 > before.0).then_some(())
+    })
+    .await;
+
+    // A certificate that names car-1 alone, in its DNS name (and its CN, if
+    // any), gets car-1's session and its desired state.
+    for names in [
+        ClientNames { dns: &["car-1"], ..Default::default() },
+        ClientNames { common_name: Some("car-1"), dns: &["car-1"], ips: &ip, ..Default::default() },
+    ] {
+        let channel = connect(&server, &pki.ca.cert_pem, Some(&shaped(names))).await.unwrap();
+        let (welcome, mut v) = hello(channel, "car-1").await.unwrap();
+        assert!(matches!(welcome, server_message::Kind::Welcome(_)), "{names:?}: {welcome:?}");
+        assert!(matches!(v.next_non_heartbeat().await, Some(server_message::Kind::Desired(_))), "{names:?}");
+    }
+
+    // A certificate that names no one is no service either.
+    let mut stranger = ControlServiceClient::new(
+        connect(
+            &server,
+            &pki.ca.cert_pem,
+            Some(&shaped(ClientNames { common_name: Some("app"), ..Default::default() })),
+        )
+        .await
+        .unwrap(),
+    );
+    let err = stranger.set_desired(crate::set("car-1", "k2", crate::window(100))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("not a declared service"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn under_the_cn_rule_the_common_name_names_the_vehicle_and_nothing_may_disagree() {
+    let pki = Pki::new();
+    let server = pki.server_with(|c| c.vehicle_identity = tetherd::tls::IdentityFrom::Cn).await;
+    let hour = Duration::from_secs(3600);
+    let shaped = |names: ClientNames<'_>| pki.ca.client_with_names(&names, hour).unwrap();
+    let cases = [
+        (ClientNames { common_name: Some("car-1"), ..Default::default() }, None),
+        (ClientNames { common_name: Some("car-1"), uris: &["urn:vin:1"], ..Default::default() }, None),
+        (ClientNames { dns: &["car-1"], ..Default::default() }, Some("no common name")),
+        (ClientNames { common_name: Some("car-1"), dns: &["car-9"], ..Default::default() }, Some("several names")),
+    ];
+    for (names, refusal) in cases {
+        let channel = connect(&server, &pki.ca.cert_pem, Some(&shaped(names))).await.unwrap();
+        match (hello(channel, "car-1").await, refusal) {
+            (Ok((server_message::Kind::Welcome(_), _)), None) => {}
+            (Err(err), Some(says)) => {
+                assert_eq!(err.code(), Code::PermissionDenied, "{names:?}");
+                assert!(err.message().contains(says), "{names:?}: {}", err.message());
+            }
+            (other, _) => panic!("{names:?}: {other:?}"),
+        }
+    }
 }
 
 /// An endpoint presenting `identity`: its connections share one client TLS
