@@ -71,6 +71,21 @@ pub struct Config {
     #[arg(long, env = "TETHER_ADMIN_LISTEN", default_value = "127.0.0.1:9464", value_parser = optional_addr)]
     pub admin_listen: OptionalAddr,
 
+    /// A file holding the admin endpoint's bearer token: every request to it
+    /// must then send `Authorization: Bearer <token>` (Prometheus:
+    /// `authorization: { credentials_file: ... }`). At least 16 characters;
+    /// surrounding whitespace is ignored. Required for an admin address off
+    /// loopback, unless `--admin-allow-unauthenticated`.
+    #[arg(long, env = "TETHER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Serve the admin endpoint off loopback without a token: anyone who
+    /// reaches the address reads the node's metrics. For networks where
+    /// something else guards the port.
+    #[arg(long, env = "TETHER_ADMIN_ALLOW_UNAUTHENTICATED", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
+    pub admin_allow_unauthenticated: bool,
+
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "TETHER_DATA_DIR", default_value = "tether-data")]
     pub data_dir: PathBuf,
@@ -307,6 +322,16 @@ impl Config {
                 self.listen
             ));
         }
+        if let Some(admin) = self.admin_listen.0.filter(|a| !a.ip().is_loopback())
+            && self.admin_token_file.is_none()
+            && !self.admin_allow_unauthenticated
+        {
+            return Err(format!(
+                "admin_listen (--admin-listen) is {admin}: refusing to serve unauthenticated metrics off loopback. \
+                 Set admin_token_file (--admin-token-file FILE) to require a bearer token, or accept anyone who \
+                 reaches the port with admin_allow_unauthenticated (--admin-allow-unauthenticated)"
+            ));
+        }
         if self.tls_cert.is_none() && !self.listen.ip().is_loopback() {
             return Err(format!(
                 "listen (--listen) is {}: refusing to serve plaintext off loopback. Set tls_cert, tls_key and \
@@ -378,6 +403,15 @@ mod tests {
         assert!(err.contains("refusing to serve plaintext") && err.contains("--tls-cert"), "{err}");
         let half = Config::try_parse_from(["tetherd", "--tls-cert", "c.pem"]).unwrap_err().to_string();
         assert!(half.contains("--tls-key") && half.contains("--client-ca"), "{half}");
+        let admin = Config::try_parse_from(["tetherd", "--admin-listen", "0.0.0.0:9464"]).unwrap();
+        let err = admin.validate().unwrap_err();
+        assert!(err.contains("--admin-token-file") && err.contains("--admin-allow-unauthenticated"), "{err}");
+        for allowed in [["--admin-token-file", "t"], ["--admin-allow-unauthenticated", "true"]] {
+            let cfg = Config::try_parse_from(["tetherd", "--admin-listen", "0.0.0.0:9464", allowed[0], allowed[1]]);
+            cfg.unwrap().validate().unwrap();
+        }
+        let bare = Config::try_parse_from(["tetherd", "--admin-listen", "[::]:1", "--admin-allow-unauthenticated"]);
+        assert!(bare.unwrap().admin_allow_unauthenticated);
         let ratio = Config::try_parse_from(["tetherd", "--trace-sample-ratio", "1.5"]).unwrap();
         assert!(ratio.validate().unwrap_err().contains("trace_sample_ratio (--trace-sample-ratio)"));
         let endpoint = Config::try_parse_from(["tetherd", "--otlp-endpoint", "collector:4317"]).unwrap();

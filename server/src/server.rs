@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Layer;
 
-use crate::admin_http::serve_admin;
+use crate::admin_http::{AdminToken, serve_admin};
 use crate::auth::{Authenticate, Authenticator, Scopes};
 use crate::config::Config;
 use crate::core::KeyLimits;
@@ -69,6 +69,9 @@ pub enum StartError {
     /// Trace export cannot be set up.
     #[error("cannot set up trace export: {0}")]
     Traces(String),
+    /// The admin endpoint's token cannot be read.
+    #[error("cannot use --admin-token-file {0}")]
+    Admin(String),
     /// Metric export cannot be set up.
     #[error("cannot set up metric export: {0}")]
     Metrics(String),
@@ -129,6 +132,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let secure = tls.is_some();
     let traces = Traces::from_config(&config).map_err(StartError::Traces)?;
     let auth = Arc::new(authenticator(&config, secure)?);
+    let admin_token =
+        config.admin_token_file.as_deref().map(AdminToken::read).transpose().map_err(StartError::Admin)?;
     let dir = config.data_dir.display().to_string();
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| StartError::Store { dir: dir.clone(), reason: e.0 })?);
@@ -193,7 +198,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), limits, config.audit_retention, shutdown.clone()));
     if let Some(listener) = admin_listener {
-        tasks.spawn(serve_admin(listener, hub.clone(), tasks.clone(), shutdown.clone()));
+        tasks.spawn(serve_admin(listener, hub.clone(), admin_token, tasks.clone(), shutdown.clone()));
     }
     if let Some(state) = tls_state {
         tasks.spawn(reload_tls(state, shutdown.clone()));

@@ -120,3 +120,64 @@ async fn metrics_after_a_scripted_scenario() {
     agent.shutdown().await;
     server.shutdown().await;
 }
+
+/// `GET /metrics` with an optional bearer token: the status line and body.
+async fn get_metrics(admin: SocketAddr, token: Option<&str>) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin port");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: tetherd\r\n{auth}\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(BOUND, stream.read_to_string(&mut response)).await.expect("answered").unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+#[tokio::test]
+async fn the_admin_port_off_loopback_needs_a_token_or_an_explicit_opt_out() {
+    // Off loopback without a token: tetherd refuses to start, in one line.
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tetherd-under-test"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0.0.0.0:0") && stderr.contains("--admin-token-file"), "{stderr}");
+    assert!(stderr.contains("--admin-allow-unauthenticated"), "names the opt-out: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+
+    // With a token, on every address: no token or a wrong one is 401.
+    let token = "s3cret-admin-token-0123456789";
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let server = TestServer::start_with(|c| {
+        c.admin_listen = tetherd::config::OptionalAddr(Some("0.0.0.0:0".parse().unwrap()));
+        c.admin_token_file = Some(token_file);
+    })
+    .await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], server.admin_addr().port()));
+    for wrong in [None, Some("s3cret-admin-token-012345678"), Some("s3cret-admin-token-0123456789x")] {
+        let (status, body) = get_metrics(admin, wrong).await;
+        assert!(status.starts_with("HTTP/1.0 401"), "{wrong:?}: {status}");
+        assert!(!body.contains("tether_"), "no metrics without the token");
+    }
+    let (status, body) = get_metrics(admin, Some(token)).await;
+    assert!(status.starts_with("HTTP/1.0 200"), "{status}");
+    assert!(body.contains("tether_connected_vehicles"), "{body}");
+    server.shutdown().await;
+
+    // A token too short to be one is refused at start.
+    std::fs::write(dir.path().join("short.token"), "abc").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tetherd-under-test"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--admin-token-file"])
+        .arg(dir.path().join("short.token"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("at least 16"), "{stderr}");
+}
