@@ -208,9 +208,23 @@ pub struct Config {
     #[arg(long, env = "TETHER_VEHICLE_IDENTITY", value_enum, default_value = "san")]
     pub vehicle_identity: IdentityFrom,
 
-    /// Longest a TLS handshake may take.
+    /// Longest a TLS handshake may take once its ClientHello arrived; and
+    /// longest it may wait for one of the `--max-handshakes` slots first.
     #[arg(long, env = "TETHER_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub tls_handshake_timeout: Duration,
+
+    /// Longest a new connection may say nothing: its TLS ClientHello, and
+    /// then (after TLS, or on plaintext) its HTTP/2 preface, must each arrive
+    /// within it, or the connection is closed. Until then it holds no
+    /// handshake slot, and at the connection cap the oldest such connection
+    /// makes room for a new one.
+    #[arg(long, env = "TETHER_PREFACE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub preface_timeout: Duration,
+
+    /// Close a connection that has had no stream for this long (HTTP/2
+    /// GOAWAY; clients reconnect on their next call). `0s`: never.
+    #[arg(long, env = "TETHER_MAX_CONNECTION_IDLE", default_value = "5m", value_parser = duration)]
+    pub max_connection_idle: Duration,
 
     /// TLS handshakes allowed in flight (a reconnect storm queues beyond it).
     #[arg(long, env = "TETHER_MAX_HANDSHAKES", default_value_t = 256)]
@@ -315,6 +329,11 @@ impl Config {
         }
         if self.shutdown_grace.is_zero() {
             return Err("shutdown_grace (--shutdown-grace) must be above zero".into());
+        }
+        if self.preface_timeout.is_zero() || self.tls_handshake_timeout.is_zero() {
+            return Err("preface_timeout (--preface-timeout) and tls_handshake_timeout (--tls-handshake-timeout) \
+                        must be above zero"
+                .into());
         }
         if self.admin_listen.0.is_some_and(|a| a == self.listen && a.port() != 0) {
             return Err(format!(

@@ -127,6 +127,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         state: state.clone(),
         handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),
         timeout: config.tls_handshake_timeout,
+        client_hello_timeout: config.preface_timeout,
         identity_from: config.vehicle_identity,
     });
     let secure = tls.is_some();

@@ -34,11 +34,17 @@ pub enum HandshakeFailure {
     /// The client certificate names no vehicle (none, or several names), or
     /// is a service's.
     NoIdentity,
+    /// A connection said nothing (no TLS ClientHello, no HTTP preface) within
+    /// `--preface-timeout`, and was closed.
+    Silent,
+    /// A connection that had said nothing yet was closed at the connection
+    /// cap to make room for a new one.
+    Evicted,
 }
 
 impl HandshakeFailure {
     /// Every reason, in label order.
-    pub const ALL: [HandshakeFailure; 11] = [
+    pub const ALL: [HandshakeFailure; 13] = [
         HandshakeFailure::Timeout,
         HandshakeFailure::NotHello,
         HandshakeFailure::InvalidVehicleId,
@@ -50,6 +56,8 @@ impl HandshakeFailure {
         HandshakeFailure::TlsTimeout,
         HandshakeFailure::Superseded,
         HandshakeFailure::NoIdentity,
+        HandshakeFailure::Silent,
+        HandshakeFailure::Evicted,
     ];
 
     /// The metric label.
@@ -66,6 +74,8 @@ impl HandshakeFailure {
             HandshakeFailure::TlsTimeout => "tls_timeout",
             HandshakeFailure::Superseded => "superseded",
             HandshakeFailure::NoIdentity => "no_identity",
+            HandshakeFailure::Silent => "silent",
+            HandshakeFailure::Evicted => "evicted",
         }
     }
 }

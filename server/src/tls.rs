@@ -20,7 +20,6 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 mod tickets;
 
@@ -187,9 +186,9 @@ impl TlsState {
         self.revoked.borrow().contains(serial)
     }
 
-    /// An acceptor with the current configuration.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.config.read().unwrap_or_else(|p| p.into_inner()).0.clone())
+    /// The current configuration.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
 
     /// The revoked serials, updated at every reload.

@@ -6,7 +6,10 @@
 //! - every HTTP/2 setting is ours to choose (see [`connection_builder`]);
 //! - tonic's server-side `grpc-timeout` layer would end a waiting call as
 //!   CANCELLED; tetherd reads the deadline itself and answers
-//!   DEADLINE_EXCEEDED with the state still stored.
+//!   DEADLINE_EXCEEDED with the state still stored;
+//! - a connection must earn its place (`admission`, `preface`, `idle`):
+//!   hyper waits for a preface without a bound and never closes an idle
+//!   HTTP/2 connection.
 //!
 //! A connection speaks HTTP/2 (gRPC) or HTTP/1.1 (gRPC-Web from browsers,
 //! which cannot speak HTTP/2 without TLS): hyper-util's auto builder reads
@@ -37,6 +40,14 @@ use tower::Service;
 
 use crate::config::Config;
 use crate::stats::{self, Gauge, HandshakeFailure, Stats};
+
+mod admission;
+mod idle;
+mod preface;
+
+use admission::Unproven;
+use idle::{Active, Activity, tracked};
+use preface::{Prefixed, Silent, read_preface};
 
 /// The connection builder type (HTTP/1.1 and HTTP/2 on one port).
 pub type Builder = hyper_util::server::conn::auto::Builder<TrackedExecutor>;
@@ -100,6 +111,14 @@ fn configure_socket(stream: &TcpStream, config: &Config) {
 }
 
 /// Accepts connections until `shutdown`, serving each with `service`.
+///
+/// A connection must earn its place: until it has said something (over TLS
+/// its ClientHello within `--preface-timeout`, its handshake within
+/// `--tls-handshake-timeout`; then its HTTP preface within
+/// `--preface-timeout`) it holds no handshake slot, is closed when the time
+/// runs out, and at the connection cap the oldest such connection is closed
+/// to make room for a new one. Once serving, a connection with no stream
+/// for `--max-connection-idle` is closed.
 #[allow(clippy::too_many_arguments)]
 pub async fn accept_loop<S>(
     listener: TcpListener,
@@ -114,6 +133,7 @@ pub async fn accept_loop<S>(
     S::Future: Send + 'static,
 {
     let builder = Arc::new(connection_builder(&config, &tasks));
+    let unproven = Arc::new(Unproven::default());
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -142,11 +162,16 @@ pub async fn accept_loop<S>(
             }
         };
         configure_socket(&stream, &config);
-        let at_cap = stats::get(&stats.connections) as usize >= config.max_connections;
         let builder = builder.clone();
         let shutdown = shutdown.clone();
-        let grace = config.shutdown_grace;
-        if at_cap {
+        let at_cap = stats::get(&stats.connections) as usize >= config.max_connections;
+        // At the cap, a connection that has said nothing yet makes room: the
+        // oldest such one is closed (it is on its way out; the count may run
+        // over the cap by the few that are closing).
+        if at_cap && unproven.evict_oldest() {
+            stats.handshake_failed(HandshakeFailure::Evicted);
+            tracing::info!(%peer, "at the connection limit: closed the oldest connection that had not spoken yet");
+        } else if at_cap {
             stats::bump(&stats.connections_refused);
             let limit = config.max_connections;
             match &tls {
@@ -167,30 +192,74 @@ pub async fn accept_loop<S>(
             continue;
         }
         let gauge = Gauge::new(&stats, |s| &s.connections);
+        let pending = unproven.enter();
         let service = service.clone();
         // Bytes are counted on the TCP stream, beneath TLS when there is TLS.
         let stream = Counted { inner: stream, stats: stats.clone() };
-        match &tls {
-            None => {
-                let service = WithPeer { inner: service, identity: None };
-                tasks.spawn(serve(Box::new((stream, service)), peer, builder, shutdown, grace, gauge));
-            }
-            Some(tls) => {
-                let tls = tls.clone();
-                let stats = stats.clone();
-                let serving = tasks.clone();
-                // The handshake has a task of its own, which hands the stream
-                // to a new task that only serves: a task is allocated at the
-                // size of its largest state, and one that did both held the
-                // handshake's state beside the connection's for the
-                // connection's whole life (6.4 KiB against 3.3 KiB).
-                tasks.spawn(async move {
-                    let Some(stream) = tls.handshake(stream, peer, &stats, &shutdown).await else { return };
-                    let Some(identity) = tls.admit(&stream, peer, &stats) else { return };
-                    let service = WithPeer { inner: service, identity: Some(Arc::new(identity)) };
-                    serving.spawn(serve(Box::new((stream, service)), peer, builder, shutdown, grace, gauge));
-                });
-            }
+        let (preface, idle, grace) = (config.preface_timeout, config.max_connection_idle, config.shutdown_grace);
+        let serving = tasks.clone();
+        let stats = stats.clone();
+        let tls = tls.clone();
+        // Admission has a task of its own, which hands the stream to a new
+        // task that only serves: a task is allocated at the size of its
+        // largest state, and one that did both held the handshake's state
+        // beside the connection's for the connection's whole life (6.4 KiB
+        // against 3.3 KiB over TLS).
+        tasks.spawn(async move {
+            let admitted = async {
+                match &tls {
+                    None => Some((Transport::Plain(said_preface(stream, peer, preface, &stats).await?), None)),
+                    Some(tls) => {
+                        let stream = tls.handshake(stream, peer, &stats, &shutdown).await?;
+                        let identity = tls.admit(&stream, peer, &stats)?;
+                        let stream = said_preface(stream, peer, preface, &stats).await?;
+                        Some((Transport::Tls(Box::new(stream)), Some(Arc::new(identity))))
+                    }
+                }
+            };
+            let (stream, identity) = tokio::select! {
+                admitted = admitted => match admitted {
+                    Some(admitted) => admitted,
+                    None => return,
+                },
+                () = pending.evicted() => return,
+            };
+            // Proven: no longer among those the cap may evict.
+            drop(pending);
+            let activity = Arc::new(Activity::default());
+            let service = WithPeer { inner: service, identity, activity: activity.clone() };
+            let idle = (!idle.is_zero()).then_some((activity, idle));
+            let connection = Connection { peer, builder, shutdown, grace, gauge, idle };
+            match stream {
+                Transport::Plain(stream) => serving.spawn(serve(Box::new((stream, service)), connection)),
+                Transport::Tls(stream) => serving.spawn(serve(Box::new((*stream, service)), connection)),
+            };
+        });
+    }
+}
+
+/// A connection that said its preface, with or without TLS.
+enum Transport {
+    Plain(Prefixed<Counted>),
+    Tls(Box<Prefixed<tokio_rustls::server::TlsStream<Counted>>>),
+}
+
+/// The stream once its HTTP preface arrived within `bound`, or `None` (and
+/// it is closed) when it did not.
+async fn said_preface<I>(stream: I, peer: SocketAddr, bound: Duration, stats: &Stats) -> Option<Prefixed<I>>
+where
+    I: AsyncRead + Unpin,
+{
+    match read_preface(stream, bound).await {
+        Ok(stream) => Some(stream),
+        Err(e @ Silent::TimedOut(_)) => {
+            stats.handshake_failed(HandshakeFailure::Silent);
+            tracing::info!(%peer, error = %e, "closed a silent connection");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection closed before its preface");
+            None
         }
     }
 }
@@ -204,13 +273,19 @@ pub struct TlsTermination {
     pub state: Arc<crate::tls::TlsState>,
     /// Handshakes allowed in flight.
     pub handshakes: Arc<tokio::sync::Semaphore>,
-    /// Longest a handshake may take.
+    /// Longest a handshake may wait for a slot, and then take.
     pub timeout: Duration,
+    /// Longest a client may take to send its ClientHello.
+    pub client_hello_timeout: Duration,
     /// Where the peer's name comes from.
     pub identity_from: crate::tls::IdentityFrom,
 }
 
 impl TlsTermination {
+    /// The handshake: the ClientHello first, within `client_hello_timeout`
+    /// and without a slot (a socket that says nothing costs no slot); then a
+    /// slot, waited for at most `timeout`; then the rest of the handshake,
+    /// within `timeout`.
     async fn handshake<I>(
         &self,
         stream: I,
@@ -221,11 +296,36 @@ impl TlsTermination {
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
+        let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            start = tokio::time::timeout(self.client_hello_timeout, hello) => start,
+        };
+        let start = match start {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => {
+                stats.handshake_failed(HandshakeFailure::TlsRefused);
+                tracing::info!(%peer, error = %e, "TLS ClientHello refused");
+                return None;
+            }
+            Err(_) => {
+                stats.handshake_failed(HandshakeFailure::Silent);
+                tracing::info!(%peer, timeout = ?self.client_hello_timeout, "closed a connection that sent no TLS ClientHello");
+                return None;
+            }
+        };
         let _permit = tokio::select! {
             () = shutdown.cancelled() => return None,
-            permit = self.handshakes.clone().acquire_owned() => permit.ok()?,
+            permit = tokio::time::timeout(self.timeout, self.handshakes.clone().acquire_owned()) => match permit {
+                Ok(permit) => permit.ok()?,
+                Err(_) => {
+                    stats.handshake_failed(HandshakeFailure::TlsTimeout);
+                    tracing::info!(%peer, timeout = ?self.timeout, "no TLS handshake slot came free in time");
+                    return None;
+                }
+            },
         };
-        match tokio::time::timeout(self.timeout, self.state.acceptor().accept(stream)).await {
+        match tokio::time::timeout(self.timeout, start.into_stream(self.state.config())).await {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {
                 stats.handshake_failed(HandshakeFailure::TlsRefused);
@@ -278,29 +378,42 @@ impl TlsTermination {
     }
 }
 
-/// Serves one connection until it ends or shutdown drains it.
+/// What [`serve`] needs besides the stream and the service.
+struct Connection {
+    peer: SocketAddr,
+    builder: Arc<Builder>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    gauge: Gauge,
+    /// The connection's streams, and how long it may have none.
+    idle: Option<(Arc<Activity>, Duration)>,
+}
+
+/// Serves one connection until it ends, shutdown drains it, or it has had
+/// no stream for its idle limit.
 ///
 /// The stream and the service come boxed, and are moved out of the box into
 /// the connection at once: an `async fn`'s arguments keep their own slots in
 /// its future for its whole life, beside the connection made from them, so
 /// passed by value they were held twice (for a TLS stream, 1.2 KiB more per
 /// connection).
-async fn serve<I, S>(
-    parts: Box<(I, S)>,
-    peer: SocketAddr,
-    builder: Arc<Builder>,
-    shutdown: CancellationToken,
-    grace: Duration,
-    gauge: Gauge,
-) where
+async fn serve<I, S>(parts: Box<(I, S)>, connection: Connection)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    let Connection { peer, builder, shutdown, grace, gauge, idle } = connection;
     let _gauge = gauge;
     let (io, service) = *parts;
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
+    let idle = async {
+        match &idle {
+            Some((activity, limit)) => activity.idle_for(*limit).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
@@ -312,23 +425,30 @@ async fn serve<I, S>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(grace, conn).await;
         }
+        () = idle => {
+            tracing::debug!(%peer, "closing a connection that had no stream for its idle limit");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(grace, conn).await;
+        }
     }
 }
 
-/// Puts the connection's verified identity (if any) into every request.
+/// Puts the connection's verified identity (over TLS) into every request,
+/// and counts its streams: each lasts until its response body ends.
 #[derive(Clone)]
 pub struct WithPeer<S> {
     inner: S,
     identity: Option<Arc<crate::tls::PeerIdentity>>,
+    activity: Arc<Activity>,
 }
 
 impl<S, B> Service<Request<B>> for WithPeer<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<Body>>,
 {
-    type Response = S::Response;
+    type Response = Response<Body>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Tracked<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -338,7 +458,32 @@ where
         if let Some(identity) = &self.identity {
             req.extensions_mut().insert(identity.clone());
         }
-        self.inner.call(req)
+        Tracked { inner: self.inner.call(req), active: Some(self.activity.begin()) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response future that hands its stream's [`Active`] to the body.
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        active: Option<Active>,
+    }
+}
+
+impl<F, E> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(response.map(|r| match this.active.take() {
+            Some(active) => tracked(r, active),
+            None => r,
+        }))
     }
 }
 

@@ -266,6 +266,12 @@ impl ChildServer {
     /// Like [`start`](Self::start), with the open-files limit lowered to
     /// `nofile` (through the shell's `ulimit`, no unsafe code here).
     pub async fn start_limited(binary: &Path, data_dir: &Path, nofile: Option<u32>) -> Self {
+        Self::start_with_args(binary, data_dir, nofile, &[]).await
+    }
+
+    /// Like [`start_limited`](Self::start_limited), with `args` added to the
+    /// command line.
+    pub async fn start_with_args(binary: &Path, data_dir: &Path, nofile: Option<u32>, args: &[&str]) -> Self {
         let mut command = match nofile {
             None => tokio::process::Command::new(binary),
             Some(n) => {
@@ -279,6 +285,7 @@ impl ChildServer {
             .args(["--subject-write-rate", "0", "--vehicle-write-rate", "0"])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -494,6 +494,37 @@ async fn over_the_connection_cap_a_tls_client_is_told_why() {
     assert!(err.message().contains("connection limit (1)"), "{}", err.message());
 }
 
+#[tokio::test]
+async fn sockets_that_never_start_a_handshake_hold_no_handshake_slot() {
+    let pki = Pki::new();
+    // Four handshake slots, and silent sockets given a minute to speak.
+    let server = pki
+        .server_with(|c| {
+            c.max_handshakes = 4;
+            c.preface_timeout = Duration::from_secs(60);
+        })
+        .await;
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    eventually("the silent sockets are accepted", BOUND, || async {
+        (server.stats().connections >= 300).then_some(())
+    })
+    .await;
+    // Real vehicles still connect at once: a slot is taken only once a
+    // ClientHello arrived.
+    let started = std::time::Instant::now();
+    for i in 0..8 {
+        let car = pki.vehicle(&format!("car-{i}"), Duration::from_secs(3600));
+        let channel = connect(&server, &pki.ca.cert_pem, Some(&car)).await.unwrap();
+        let (welcome, _v) = hello(channel, &format!("car-{i}")).await.unwrap();
+        assert!(matches!(welcome, server_message::Kind::Welcome(_)));
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "8 vehicles took {:?}", started.elapsed());
+    drop(silent);
+}
+
 /// Runs the CLI binary with `args`, bounded.
 async fn cli(args: &[&str]) -> std::process::Output {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether-cli-under-test")).args(args).output();
