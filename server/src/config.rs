@@ -86,6 +86,16 @@ pub struct Config {
           default_value = "false", default_missing_value = "true")]
     pub admin_allow_unauthenticated: bool,
 
+    /// Start even though the store is damaged, accepting the loss: a write-
+    /// ahead log damaged before its end is replayed up to the damage (the
+    /// commits after it dropped, their number logged, the log moved aside
+    /// as `tether.wal.damaged-<time>`), and a vehicle whose stored rows do not
+    /// verify is moved to the store's quarantine table and starts empty.
+    /// Without it tetherd refuses to start and changes nothing.
+    #[arg(long, env = "TETHER_RECOVER_DAMAGED_STORE", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
+    pub recover_damaged_store: bool,
+
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "TETHER_DATA_DIR", default_value = "tether-data")]
     pub data_dir: PathBuf,

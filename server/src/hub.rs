@@ -17,7 +17,10 @@ use tokio::sync::{oneshot, watch};
 use crate::core::{KeyLimits, VehicleRecord};
 use crate::router::Router;
 use crate::stats::Stats;
-use crate::store::{AuditEntry, Durable, OnCommit, Store, StoreError, Urgency, decode_record, encode_save};
+use crate::store::{
+    AuditEntry, Durable, DurableRows, OnCommit, Reload, ReloadHook, Store, StoreError, Urgency, decode_record,
+    encode_save,
+};
 use tether_proto::vehicle::v1::GoodbyeReason;
 
 /// What a change touched; drives saving and watch events.
@@ -128,9 +131,21 @@ pub struct VehicleInner {
     pub versions: Versions,
     /// The expiry this vehicle is armed for in the hub's expiry queue.
     armed_expiry: Option<SystemTime>,
+    /// Raised each time the store reloads the record after refusing a save
+    /// (every save carries it; the store refuses those made before).
+    epoch: u64,
+    /// The store refused a save and could not yet read back what is durable:
+    /// the record may hold what the disk does not, so it is not shown.
+    stale: bool,
 }
 
 impl VehicleInner {
+    /// Whether the record may hold a change the store refused (shown to no
+    /// one until the store reloads it).
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
     /// Whether a desired-state change waits to be sent to the live session.
     pub fn snapshot_pending(&self) -> bool {
         self.presence.online() && self.record.generation > self.presence.sent_generation
@@ -217,12 +232,86 @@ fn mark_committed(changes: &watch::Sender<Signal>, generation: u64) {
     });
 }
 
+/// Queues a vehicle's next expiry unless an earlier one is queued.
+fn arm_expiry(expiries: &Mutex<ExpiryQueue>, id: &Arc<str>, inner: &mut VehicleInner) {
+    let Some(at) = inner.record.next_expiry() else { return };
+    if inner.armed_expiry.is_some_and(|armed| armed <= at) {
+        return;
+    }
+    inner.armed_expiry = Some(at);
+    expiries.lock().unwrap_or_else(|p| p.into_inner()).push(Reverse((at, id.clone())));
+}
+
+/// What the store calls when it refused a vehicle's save: the record in
+/// memory ran ahead of the disk, and is replaced by what is durable (or, if
+/// the store cannot read it now, hidden as stale until it can). Runs on the
+/// store's writer, so every save made after it carries the new epoch.
+fn reload_hook(
+    vehicles: Vehicles,
+    expiries: Arc<Mutex<ExpiryQueue>>,
+    schema: StateSchema,
+    limits: KeyLimits,
+) -> ReloadHook {
+    Arc::new(move |reload: Reload| {
+        let Some(cell) = vehicles.read().unwrap_or_else(|p| p.into_inner()).get(&reload.vehicle).cloned() else {
+            return;
+        };
+        let mut inner = cell.lock();
+        if inner.epoch >= reload.valid_from {
+            return;
+        }
+        inner.epoch = reload.valid_from;
+        match reload.rows {
+            DurableRows::Unknown => inner.stale = true,
+            DurableRows::Known(rows) => {
+                let record = match rows {
+                    None => Ok(VehicleRecord::default()),
+                    Some(rows) => match &rows.damage {
+                        Some(damage) => Err(damage.clone()),
+                        None => decode_record(&cell.id, &rows.record, &rows.keys, &schema, limits)
+                            .map_err(|e| e.to_string()),
+                    },
+                };
+                match record {
+                    Ok(record) => {
+                        tracing::warn!(
+                            vehicle = %cell.id,
+                            generation = record.generation,
+                            "the store refused a save: the vehicle is back to what is durable"
+                        );
+                        inner.record = record;
+                        inner.stale = false;
+                        // An expiry the refused save had marked is due again.
+                        inner.armed_expiry = None;
+                        arm_expiry(&expiries, &cell.id, &mut inner);
+                    }
+                    Err(why) => {
+                        tracing::error!(vehicle = %cell.id, damage = %why, "the vehicle's durable rows are damaged");
+                        inner.stale = true;
+                    }
+                }
+            }
+        }
+        // Watchers see the change (a desired state that was never durable
+        // is gone); the vehicle was never sent it (see `snapshot_due`).
+        let v = &mut inner.versions;
+        v.desired += 1;
+        v.actual += 1;
+        v.status += 1;
+        drop(inner);
+        cell.notify();
+    })
+}
+
 /// Vehicles by their earliest pending expiry, soonest first.
 type ExpiryQueue = BinaryHeap<Reverse<(SystemTime, Arc<str>)>>;
 
+/// The node's vehicles by id.
+type Vehicles = Arc<RwLock<BTreeMap<Arc<str>, Arc<VehicleCell>>>>;
+
 /// All vehicles of the node, with the store and the shared settings.
 pub struct Hub {
-    vehicles: RwLock<BTreeMap<Arc<str>, Arc<VehicleCell>>>,
+    vehicles: Vehicles,
     /// The state schema (the contract's, or a configured descriptor set).
     pub schema: StateSchema,
     store: Arc<dyn Store>,
@@ -231,7 +320,7 @@ pub struct Hub {
     pub key_limits: KeyLimits,
     /// Live counters.
     pub stats: Arc<Stats>,
-    expiries: Mutex<ExpiryQueue>,
+    expiries: Arc<Mutex<ExpiryQueue>>,
     next_session: AtomicU64,
 }
 
@@ -242,42 +331,68 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// Loads every stored vehicle.
+    /// Loads every stored vehicle. A vehicle whose rows are damaged (they do
+    /// not verify, or do not decode) stops the load with an error naming it,
+    /// unless `quarantine_damaged`: then its rows are moved aside in the
+    /// store, and it is reported and left out.
     pub fn load(
         store: Arc<dyn Store>,
         router: Arc<dyn Router>,
         schema: StateSchema,
         key_limits: KeyLimits,
         stats: Arc<Stats>,
+        quarantine_damaged: bool,
     ) -> Result<Self, StoreError> {
         let mut vehicles = BTreeMap::new();
         let mut expiries = BinaryHeap::new();
         for rows in store.load_all()? {
-            let id = rows.vehicle;
-            match decode_record(&id, &rows.record, &rows.keys, &schema, key_limits) {
-                Ok(record) => {
-                    let cell = VehicleCell::new(id.clone(), record);
-                    {
-                        let mut inner = cell.lock();
-                        if let Some(at) = inner.record.next_expiry() {
-                            inner.armed_expiry = Some(at);
-                            expiries.push(Reverse((at, id.clone())));
-                        }
-                    }
-                    vehicles.insert(id, Arc::new(cell));
+            let id = rows.vehicle.clone();
+            let decoded = match &rows.damage {
+                Some(damage) => Err(damage.clone()),
+                None => decode_record(&id, &rows.record, &rows.keys, &schema, key_limits).map_err(|e| e.to_string()),
+            };
+            let record = match decoded {
+                Ok(record) => record,
+                Err(why) if quarantine_damaged => {
+                    store.quarantine(&id, &why)?;
+                    tracing::error!(
+                        vehicle = %id,
+                        damage = %why,
+                        "--recover-damaged-store: the vehicle's stored rows are damaged; moved to the quarantine \
+                         table of the store, and the vehicle starts empty"
+                    );
+                    continue;
                 }
-                Err(e) => tracing::error!(vehicle = %id, error = %e, "stored record does not decode; skipped"),
+                Err(why) => {
+                    return Err(StoreError(format!(
+                        "the stored record of vehicle {id:?} is damaged ({why}). Keep a copy of the data directory; \
+                         to start without it (its rows moved to a quarantine table), run once with \
+                         --recover-damaged-store"
+                    )));
+                }
+            };
+            let cell = VehicleCell::new(id.clone(), record);
+            {
+                let mut inner = cell.lock();
+                if let Some(at) = inner.record.next_expiry() {
+                    inner.armed_expiry = Some(at);
+                    expiries.push(Reverse((at, id.clone())));
+                }
             }
+            vehicles.insert(id, Arc::new(cell));
         }
+        let vehicles: Vehicles = Arc::new(RwLock::new(vehicles));
+        let expiries = Arc::new(Mutex::new(expiries));
+        store.on_reload(reload_hook(vehicles.clone(), expiries.clone(), schema.clone(), key_limits));
         let epoch = u64::from(store.boot_epoch());
         Ok(Hub {
-            vehicles: RwLock::new(vehicles),
+            vehicles,
             schema,
             store,
             router,
             key_limits,
             stats,
-            expiries: Mutex::new(expiries),
+            expiries,
             next_session: AtomicU64::new(epoch << 32),
         })
     }
@@ -361,6 +476,7 @@ impl Hub {
             if !change.desired && audit.is_none() && save.put_keys.is_empty() {
                 save.urgency = Urgency::Lazy;
             }
+            save.epoch = inner.epoch;
             // The session sends a new desired state only once it is on disk:
             // the store's writer marks it committed (whether or not the
             // caller still waits) and so wakes the session. Every save holds
@@ -393,12 +509,7 @@ impl Hub {
     /// Queues the vehicle's next expiry unless an earlier one is queued: one
     /// live queue entry per vehicle, however many writes it gets.
     fn arm_expiry(&self, id: &Arc<str>, inner: &mut VehicleInner) {
-        let Some(at) = inner.record.next_expiry() else { return };
-        if inner.armed_expiry.is_some_and(|armed| armed <= at) {
-            return;
-        }
-        inner.armed_expiry = Some(at);
-        self.expiries.lock().unwrap_or_else(|p| p.into_inner()).push(Reverse((at, id.clone())));
+        arm_expiry(&self.expiries, id, inner);
     }
 
     /// The id of a session whose stream just arrived. Ids follow the streams'
@@ -578,6 +689,13 @@ mod tests {
         fn boot_epoch(&self) -> u32 {
             1
         }
+        fn health(&self) -> watch::Receiver<crate::store::StoreHealth> {
+            watch::channel(crate::store::StoreHealth::Healthy).1
+        }
+        fn on_reload(&self, _: ReloadHook) {}
+        fn quarantine(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
         fn close(&self) {}
     }
 
@@ -599,8 +717,9 @@ mod tests {
     async fn a_session_is_sent_a_write_only_once_it_is_committed() {
         let store = Arc::new(GatedStore::default());
         let limits = KeyLimits { window: Duration::from_secs(3600), max: 100 };
-        let hub = Hub::load(store.clone(), Arc::new(LocalRouter), StateSchema::contract(), limits, Arc::default())
-            .expect("an empty store loads");
+        let hub =
+            Hub::load(store.clone(), Arc::new(LocalRouter), StateSchema::contract(), limits, Arc::default(), false)
+                .expect("an empty store loads");
         let cell = hub.get_or_create("car-1");
         let session = hub.next_session_id();
         let _kick =

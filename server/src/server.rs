@@ -12,6 +12,7 @@ use tether_proto::app::v1::control_service_server::ControlServiceServer;
 use tether_proto::vehicle::v1::GoodbyeReason;
 use tether_proto::vehicle::v1::vehicle_service_server::VehicleServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Layer;
@@ -27,7 +28,7 @@ use crate::otlp_metrics::OtlpMetrics;
 use crate::router::LocalRouter;
 use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
-use crate::store::{RedbStore, Store};
+use crate::store::{OpenOptions, RedbStore, Store, StoreHealth};
 use crate::tls::TlsState;
 use crate::trace::{TraceLayer, Traces};
 use crate::transport::{CorsForBrowsers, OversizeAsResourceExhausted, TlsTermination, accept_loop};
@@ -136,11 +137,14 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let admin_token =
         config.admin_token_file.as_deref().map(AdminToken::read).transpose().map_err(StartError::Admin)?;
     let dir = config.data_dir.display().to_string();
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| StartError::Store { dir: dir.clone(), reason: e.0 })?);
+    let options = OpenOptions { recover_damaged_store: config.recover_damaged_store };
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open_with(&config.data_dir, options)
+            .map_err(|e| StartError::Store { dir: dir.clone(), reason: e.0 })?,
+    );
     let key_limits = KeyLimits { window: config.idempotency_window, max: config.max_keys_per_vehicle };
     let stats = Arc::new(Stats::default());
-    let hub = Hub::load(store, Arc::new(LocalRouter), schema, key_limits, stats.clone())
+    let hub = Hub::load(store, Arc::new(LocalRouter), schema, key_limits, stats.clone(), config.recover_damaged_store)
         .map_err(|e| StartError::Store { dir, reason: e.0 })?;
     let hub = Arc::new(hub);
     let listener = bind(config.listen).map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -198,6 +202,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
 
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), limits, config.audit_retention, shutdown.clone()));
+    tasks.spawn(watch_store(hub.store().health(), health.clone(), shutdown.clone()));
     if let Some(listener) = admin_listener {
         tasks.spawn(serve_admin(listener, hub.clone(), admin_token, tasks.clone(), shutdown.clone()));
     }
@@ -266,6 +271,19 @@ fn authenticator(config: &Config, secure: bool) -> Result<Authenticator, StartEr
     }
     let services = config.services.iter().map(|(name, scopes)| (name.clone(), Scopes::parse(scopes))).collect();
     Ok(Authenticator::new(jwks, services)?)
+}
+
+/// Mirrors the store's health in the node's: NOT_SERVING while the store
+/// cannot write.
+async fn watch_store(mut store: watch::Receiver<StoreHealth>, health: Health, shutdown: CancellationToken) {
+    loop {
+        let failing = *store.borrow_and_update() != StoreHealth::Healthy;
+        health.store_failing(failing).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = store.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// Connections the kernel queues for the accept loop. tokio's default (128)

@@ -10,15 +10,53 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub use self::codec::{decode_record, encode_save};
-pub use self::redb::RedbStore;
+pub use self::redb::{OpenOptions, RedbStore};
 
 /// A storage failure. Callers see UNAVAILABLE; details go to the log only.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("storage: {0}")]
 pub struct StoreError(pub String);
+
+/// Whether a store takes writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// It does.
+    Healthy,
+    /// It cannot write now (a full disk, a quota) and retries by itself;
+    /// writes are refused meanwhile.
+    Degraded(String),
+    /// It cannot write and will not retry (an I/O error it cannot trust,
+    /// damage): every write is refused until an operator acts and restarts.
+    Failed(String),
+}
+
+/// A vehicle whose saves were refused: what is durable of it, for the hub to
+/// put in memory in place of what it had (which ran ahead of the disk).
+#[derive(Debug)]
+pub struct Reload {
+    /// The vehicle.
+    pub vehicle: Arc<str>,
+    /// Saves made with an epoch below this are refused: the hub takes it as
+    /// the vehicle's epoch, so only saves made after the reload are taken.
+    pub valid_from: u64,
+    /// What the store holds of it, if it could read it now.
+    pub rows: DurableRows,
+}
+
+/// The durable rows of a vehicle, as far as the store can tell.
+#[derive(Debug)]
+pub enum DurableRows {
+    /// Read now: its rows, or `None` when nothing of it is stored.
+    Known(Option<StoredRows>),
+    /// The store cannot read now; a `Known` reload follows once it can.
+    Unknown,
+}
+
+/// Called by the store (on its writer) for each [`Reload`].
+pub type ReloadHook = Arc<dyn Fn(Reload) + Send + Sync>;
 
 /// Resolves once a saved record is durable (or failed to be).
 pub type Durable = oneshot::Receiver<Result<(), StoreError>>;
@@ -51,6 +89,10 @@ pub struct RecordSave {
     /// Run by the store once the save is committed (not if the commit
     /// failed), before its [`Durable`] resolves.
     pub on_commit: Option<OnCommit>,
+    /// The vehicle's epoch when the save was made: a store that refused a
+    /// save refuses every later one made before the vehicle was reloaded
+    /// (see [`Reload`]).
+    pub epoch: u64,
 }
 
 /// What a save runs once it is durable: cheap and non-blocking (it runs on
@@ -97,6 +139,9 @@ pub struct StoredRows {
     pub record: Bytes,
     /// Its keys with their encoded entries, in no particular order.
     pub keys: Vec<(Arc<str>, Bytes)>,
+    /// Why the rows cannot be trusted (a checksum that does not match, keys
+    /// without a record), if they cannot.
+    pub damage: Option<String>,
 }
 
 /// Where vehicle records and the audit trail live. Implementations batch
@@ -124,6 +169,17 @@ pub trait Store: Send + Sync + 'static {
     /// A number that grows at every start of the store, so session ids stay
     /// monotonic across restarts.
     fn boot_epoch(&self) -> u32;
+
+    /// Whether the store takes writes, updated as it changes.
+    fn health(&self) -> watch::Receiver<StoreHealth>;
+
+    /// Sets what the store calls when it refused a vehicle's save (the hub
+    /// reloads the vehicle). Set once, before the first save.
+    fn on_reload(&self, hook: ReloadHook);
+
+    /// Moves a vehicle's damaged rows out of the way (kept, not deleted),
+    /// so the node can start without it; durable when it returns.
+    fn quarantine(&self, vehicle: &str, why: &str) -> Result<(), StoreError>;
 
     /// Makes every save so far durable and stops accepting saves.
     fn close(&self);

@@ -248,6 +248,15 @@ impl RawVehicle {
     }
 }
 
+/// A tetherd child that exited instead of listening.
+#[derive(Debug)]
+pub struct Refused {
+    /// How it exited.
+    pub status: std::process::ExitStatus,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
 /// tetherd as a child process (the real command), for crash tests.
 pub struct ChildServer {
     child: tokio::process::Child,
@@ -272,6 +281,20 @@ impl ChildServer {
     /// Like [`start_limited`](Self::start_limited), with `args` added to the
     /// command line.
     pub async fn start_with_args(binary: &Path, data_dir: &Path, nofile: Option<u32>, args: &[&str]) -> Self {
+        match Self::try_start_with_args(binary, data_dir, nofile, args).await {
+            Ok(server) => server,
+            Err(refused) => panic!("tetherd exited before listening ({}): {}", refused.status, refused.stderr),
+        }
+    }
+
+    /// Like [`start_with_args`](Self::start_with_args), for a start that may
+    /// be refused: the exit status and everything it wrote to stderr.
+    pub async fn try_start_with_args(
+        binary: &Path,
+        data_dir: &Path,
+        nofile: Option<u32>,
+        args: &[&str],
+    ) -> Result<Self, Refused> {
         let mut command = match nofile {
             None => tokio::process::Command::new(binary),
             Some(n) => {
@@ -295,27 +318,34 @@ impl ChildServer {
             .expect("tetherd starts");
         let stderr = child.stderr.take().expect("piped");
         let mut lines = BufReader::new(stderr).lines();
+        // Everything before "listening on" is kept too (recovery's warnings).
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let addr = tokio::time::timeout(BOUND, async {
             while let Some(line) = lines.next_line().await.expect("reads stderr") {
                 if let Some(rest) = line.strip_prefix("tetherd: listening on ") {
                     let addr = rest.split_whitespace().next().expect("an address");
-                    return addr.parse::<SocketAddr>().expect("a socket address");
+                    return Some(addr.parse::<SocketAddr>().expect("a socket address"));
                 }
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
-            panic!("tetherd exited before listening");
+            None
         })
         .await
-        .expect("tetherd listens in time");
+        .expect("tetherd listens or exits in time");
+        let Some(addr) = addr else {
+            let status = tokio::time::timeout(BOUND, child.wait()).await.expect("exits").expect("wait");
+            let stderr = log.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+            return Err(Refused { status, stderr });
+        };
         // Keep draining stderr (so the child never blocks on a full pipe) into
         // a log the test can read.
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = log.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
-        ChildServer { child, addr, log }
+        Ok(ChildServer { child, addr, log })
     }
 
     /// `http://addr`.

@@ -254,15 +254,18 @@ impl ControlApi {
             .take(size)
             .map(|c| {
                 let inner = c.lock();
-                pb::VehicleSummary {
+                if inner.is_stale() {
+                    return Err(stale(&c.id));
+                }
+                Ok(pb::VehicleSummary {
                     vehicle_id: c.id.to_string(),
                     presence: Some(convert::presence(&inner.presence, inner.snapshot_pending())),
                     generation: inner.record.generation,
                     observed_generation: inner.record.observed_generation,
                     unapplied_fields: u32::try_from(inner.record.unapplied()).unwrap_or(u32::MAX),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let next_page_token = match (more, vehicles.last()) {
             (true, Some(last)) => format!("{PAGE_TOKEN_PREFIX}{}", last.vehicle_id),
             _ => String::new(),
@@ -405,7 +408,11 @@ impl ControlService for ControlApi {
         validate_vehicle_id(&req.get_ref().vehicle_id)?;
         authz::may_read(&principal, &req.get_ref().vehicle_id)?;
         let cell = self.known(&req.get_ref().vehicle_id)?;
-        let view = convert::vehicle(&cell.id, &cell.lock(), SystemTime::now());
+        let inner = cell.lock();
+        if inner.is_stale() {
+            return Err(stale(&cell.id).into());
+        }
+        let view = convert::vehicle(&cell.id, &inner, SystemTime::now());
         Ok(Response::new(view))
     }
 
@@ -462,9 +469,12 @@ impl ControlService for ControlApi {
                     let inner = st.cell.lock();
                     let changes = change_kinds(st.last, inner.versions);
                     // A wake that changed nothing a watcher sees (a commit making
-                    // the desired state deliverable): wait for the next, without
-                    // building a view.
-                    if st.last.is_some() && changes.is_empty() {
+                    // the desired state deliverable), or a record the store must
+                    // reload first: wait for the next, without building a view.
+                    if (st.last.is_some() && changes.is_empty()) || inner.is_stale() {
+                        if st.last.is_none() {
+                            st.last = Some(Versions::default());
+                        }
                         continue;
                     }
                     (convert::vehicle(&st.cell.id, &inner, SystemTime::now()), inner.versions, changes)
@@ -504,6 +514,14 @@ impl ControlService for ControlApi {
         authz::may_audit(&principal, &req.vehicle_id)?;
         Ok(Response::new(audit::page(&self.hub, &req.vehicle_id, req.page_size, &req.page_token).await?))
     }
+}
+
+/// A vehicle whose record the store must reload before it is shown: the
+/// store refused a save and cannot read back what is durable yet.
+fn stale(vehicle: &str) -> ApiError {
+    ApiError::Store(crate::store::StoreError(format!(
+        "vehicle {vehicle:?}: the store refused a save and cannot read back what is durable yet"
+    )))
 }
 
 /// Sleeps until `at` (forever for `None`).

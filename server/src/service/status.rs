@@ -52,8 +52,11 @@ pub enum ApiError {
     /// The node is shutting down.
     #[error("tetherd is shutting down; {0}")]
     ShuttingDown(String),
-    /// Storage failed; details are logged, not returned.
-    #[error("storage is unavailable; retry with the same idempotency key")]
+    /// Storage failed; details are logged, not returned. Nothing the call
+    /// asked for was stored (a refused save is rolled back in memory too).
+    #[error(
+        "storage is unavailable (a full or failing disk): nothing was stored; retry later, a write with the same idempotency key"
+    )]
     Store(#[from] StoreError),
 }
 

@@ -91,6 +91,7 @@ pub fn encode_save(record: &mut VehicleRecord) -> RecordSave {
         gone_keys: changes.gone,
         urgency: Urgency::Now,
         on_commit: None,
+        epoch: 0,
     }
 }
 
@@ -139,7 +140,9 @@ fn decode_key(k: StoredKey) -> IdempotencyEntry {
 }
 
 /// Decodes a stored record and its keys. Fields the schema no longer has are
-/// dropped (and logged), never fatal; so is a key entry that does not decode.
+/// dropped (and logged), never fatal: a contract may remove a field. A
+/// record or key entry that does not decode is an error (the rows verified,
+/// so it is not damage on disk but a format this build cannot read).
 pub fn decode_record(
     vehicle: &str,
     bytes: &[u8],
@@ -183,12 +186,7 @@ pub fn decode_record(
     // are journalled as added, so the next save moves them to the key table.
     let mut all: Vec<(Arc<str>, IdempotencyEntry, bool)> = Vec::with_capacity(keys.len() + stored.keys.len());
     for (key, bytes) in keys {
-        match StoredKey::decode(bytes.as_ref()) {
-            Ok(k) => all.push((key.clone(), decode_key(k), false)),
-            Err(e) => {
-                tracing::warn!(vehicle, key = %key, error = %e, "dropping a stored idempotency key that does not decode")
-            }
-        }
+        all.push((key.clone(), decode_key(StoredKey::decode(bytes.as_ref())?), false));
     }
     for mut k in stored.keys {
         let key = Arc::from(std::mem::take(&mut k.key));

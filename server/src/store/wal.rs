@@ -10,10 +10,12 @@
 //! Each frame is `len: u32 LE, crc32: u32 LE, body`, the body a protobuf
 //! [`Frame`] with a sequence number one above the previous frame's. A
 //! checkpoint records in redb (durably) the last sequence it holds, then
-//! empties the log. Recovery applies, in order, the frames above that
-//! sequence and stops at the first torn, corrupt or out-of-sequence frame:
-//! only a frame whose `fdatasync` never returned can be torn, and no caller
-//! was told such a frame was durable.
+//! empties the log and writes a marker frame saying so. Reading a log
+//! ([`scan`]) finds every intact frame and the first damaged stretch; the
+//! store's recovery (`redb/open.rs`) replays the frames above the checkpoint
+//! and decides whether damage lost anything acknowledged: only a last frame
+//! whose `fdatasync` never returned may be torn, and no caller was told such
+//! a frame was durable.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -41,6 +43,12 @@ pub(super) struct Frame {
     /// The next audit sequence after this commit.
     #[prost(uint64, tag = "5")]
     pub audit_next: u64,
+    /// A checkpoint marker, the first frame of an emptied log: it changes
+    /// nothing, and says that a checkpoint made every commit up to `seq`
+    /// durable in the database (so a database found holding less went back
+    /// in time).
+    #[prost(bool, tag = "6")]
+    pub checkpoint: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -86,16 +94,16 @@ pub(super) struct Wal {
 }
 
 impl Wal {
-    /// Opens (or creates) the log and reads its intact frames, in order. The
-    /// caller applies those above its checkpoint, checkpoints, then
+    /// Opens (or creates) the log and reads what it holds. The caller
+    /// decides from the [`Scan`] what to replay, replays, checkpoints, then
     /// [`reset`](Self::reset)s the log.
-    pub(super) fn open(path: &Path) -> io::Result<(Wal, Vec<Frame>)> {
+    pub(super) fn open(path: &Path) -> io::Result<(Wal, Scan)> {
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let frames = read_frames(&bytes);
+        let scan = scan(&bytes);
         let len = bytes.len() as u64;
-        Ok((Wal { file, len, buf: Vec::new() }, frames))
+        Ok((Wal { file, len, buf: Vec::new() }, scan))
     }
 
     /// Appends one frame and waits until it is on disk.
@@ -109,8 +117,15 @@ impl Wal {
         frame.encode(&mut self.buf).map_err(io::Error::other)?;
         let crc = crc32fast::hash(&self.buf[HEADER..]);
         self.buf[4..HEADER].copy_from_slice(&crc.to_le_bytes());
-        self.file.write_all_at(&self.buf, self.len)?;
-        self.file.sync_data()?;
+        // A failed append leaves the log as it was: whatever part of the
+        // frame reached the file is cut off again (best effort: a frame cut
+        // short is a torn tail, which replay drops), and the next append
+        // writes at the same place.
+        let written = self.file.write_all_at(&self.buf, self.len).and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
         self.len += self.buf.len() as u64;
         // A rare large commit should not pin its buffer for ever.
         if self.buf.capacity() > 1 << 20 {
@@ -119,10 +134,14 @@ impl Wal {
         Ok(())
     }
 
-    /// Empties the log, once a checkpoint made everything in it durable.
-    pub(super) fn reset(&mut self) -> io::Result<()> {
+    /// Empties the log, once a checkpoint made everything in it up to
+    /// `checkpointed` durable, and writes that as its marker frame.
+    pub(super) fn reset(&mut self, checkpointed: u64) -> io::Result<()> {
         self.file.set_len(0)?;
         self.len = 0;
+        if checkpointed > 0 {
+            self.append(&Frame { seq: checkpointed, checkpoint: true, ..Frame::default() })?;
+        }
         Ok(())
     }
 
@@ -132,24 +151,87 @@ impl Wal {
     }
 }
 
-/// The intact frames at the start of `bytes`, each one above the one before.
-fn read_frames(mut bytes: &[u8]) -> Vec<Frame> {
-    let mut frames: Vec<Frame> = Vec::new();
-    while bytes.len() >= HEADER {
-        let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[4..HEADER].try_into().expect("4 bytes"));
-        let Some(body) = bytes.get(HEADER..HEADER + len) else { break };
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        let Ok(frame) = Frame::decode(body) else { break };
-        if frames.last().is_some_and(|last| frame.seq != last.seq + 1) {
-            break;
-        }
-        frames.push(frame);
-        bytes = &bytes[HEADER + len..];
+/// What a log file holds: every intact frame, in file order, and the first
+/// damaged stretch, if any. A frame is intact when its length fits, its
+/// crc32 matches and its body decodes; after a damaged stretch the scan
+/// looks for the next intact frame, so that what lies beyond damage is
+/// known (a torn last frame has nothing intact after it; a damaged frame in
+/// the middle does).
+#[derive(Debug, Default)]
+pub(super) struct Scan {
+    /// Intact frames with their byte offsets, in file order.
+    pub frames: Vec<(u64, Frame)>,
+    /// The first damaged stretch.
+    pub damage: Option<Damage>,
+    /// The file's length.
+    pub len: u64,
+}
+
+/// A stretch of the log that holds no intact frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Damage {
+    /// Where it starts.
+    pub offset: u64,
+    /// Where the next intact frame starts (the file's end if none does).
+    pub until: u64,
+    /// What is wrong at `offset`.
+    pub what: &'static str,
+}
+
+/// Why no frame starts at an offset.
+fn frame_at(bytes: &[u8], at: usize) -> Result<(Frame, usize), &'static str> {
+    let Some(header) = bytes.get(at..at + HEADER) else { return Err("an incomplete frame header") };
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let Some(body) = bytes.get(at + HEADER..at + HEADER + len) else { return Err("a frame cut short") };
+    if crc32fast::hash(body) != crc {
+        return Err("a frame whose checksum does not match");
     }
-    frames
+    let frame = Frame::decode(body).map_err(|_| "a frame that does not decode")?;
+    // Every frame written has a sequence above zero (so a non-empty body):
+    // a run of zero bytes is not an empty frame.
+    if frame.seq == 0 {
+        return Err("a frame with no sequence number");
+    }
+    Ok((frame, at + HEADER + len))
+}
+
+/// Scans a log's bytes (see [`Scan`]).
+fn scan(bytes: &[u8]) -> Scan {
+    let mut out = Scan { len: bytes.len() as u64, ..Scan::default() };
+    let mut at = 0;
+    while at < bytes.len() {
+        match frame_at(bytes, at) {
+            Ok((frame, next)) => {
+                out.frames.push((at as u64, frame));
+                at = next;
+            }
+            Err(what) => {
+                let next = resync(bytes, at);
+                if out.damage.is_none() {
+                    out.damage = Some(Damage { offset: at as u64, until: next.unwrap_or(bytes.len()) as u64, what });
+                }
+                match next {
+                    Some(next) => at = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The offset of the next intact frame after damage at `at`: first where the
+/// damaged frame's own length says (a flipped byte in a body leaves its
+/// header intact), else the first offset that holds one.
+fn resync(bytes: &[u8], at: usize) -> Option<usize> {
+    let claimed = bytes.get(at..at + 4).map(|l| at + HEADER + u32::from_le_bytes(l.try_into().expect("4")) as usize);
+    if let Some(next) = claimed.filter(|&n| n < bytes.len())
+        && frame_at(bytes, next).is_ok()
+    {
+        return Some(next);
+    }
+    (at + 1..bytes.len().saturating_sub(HEADER - 1)).find(|&p| frame_at(bytes, p).is_ok())
 }
 
 #[cfg(test)]
@@ -163,51 +245,92 @@ mod tests {
             keys: vec![KeyRow { vehicle: vehicle.into(), key: "k".into(), entry: None }],
             audits: vec![],
             audit_next: 1,
+            checkpoint: false,
+        }
+    }
+
+    fn seqs(scan: &Scan) -> Vec<u64> {
+        scan.frames.iter().map(|(_, f)| f.seq).collect()
+    }
+
+    /// A log holding frames 1..=n, and its bytes.
+    fn log(path: &Path, n: u64) -> Vec<u8> {
+        std::fs::write(path, b"").unwrap();
+        let (mut wal, _) = Wal::open(path).unwrap();
+        for seq in 1..=n {
+            wal.append(&frame(seq, "car-1")).unwrap();
+        }
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn frames_read_back_in_order_with_their_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.wal");
+        let (_, scan) = Wal::open(&path).unwrap();
+        assert!(scan.frames.is_empty() && scan.damage.is_none());
+        log(&path, 3);
+        let (_, scan) = Wal::open(&path).unwrap();
+        assert_eq!(seqs(&scan), [1, 2, 3]);
+        assert_eq!(scan.frames[1].0, (HEADER + frame(1, "car-1").encoded_len()) as u64);
+        assert!(scan.damage.is_none());
+    }
+
+    #[test]
+    fn a_torn_tail_is_damage_with_nothing_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.wal");
+        let bytes = log(&path, 4);
+        for cut in [3, HEADER + 2, 1] {
+            std::fs::write(&path, &bytes[..bytes.len() - cut]).unwrap();
+            let (_, scan) = Wal::open(&path).unwrap();
+            assert_eq!(seqs(&scan), [1, 2, 3], "cut {cut}");
+            let damage = scan.damage.unwrap();
+            assert_eq!(damage.until, scan.len, "nothing intact after it");
+        }
+        // Zeros after the last frame (space the file system allocated but
+        // the crash never wrote) are no frames.
+        std::fs::write(&path, [&bytes[..], &[0u8; 64][..]].concat()).unwrap();
+        let (_, scan) = Wal::open(&path).unwrap();
+        assert_eq!(seqs(&scan), [1, 2, 3, 4]);
+        assert_eq!(scan.damage.unwrap().until, scan.len);
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_found_with_the_frames_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.wal");
+        let bytes = log(&path, 5);
+        let size = HEADER + frame(1, "car-1").encoded_len();
+        // A flipped byte in the body of frame 2, then in the header of frame 3.
+        for (at, what) in [(size + HEADER + 2, "checksum"), (2 * size + 1, "")] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x40;
+            std::fs::write(&path, &damaged).unwrap();
+            let (_, scan) = Wal::open(&path).unwrap();
+            let damage = scan.damage.clone().unwrap();
+            assert!(damage.what.contains(what), "{damage:?}");
+            assert!(damage.until < scan.len, "intact frames follow");
+            assert_eq!(seqs(&scan).len(), 4, "every other frame is found: {:?}", seqs(&scan));
+            assert!(scan.frames.iter().filter(|(o, _)| *o > damage.offset).count() >= 2);
         }
     }
 
     #[test]
-    fn frames_read_back_in_order_up_to_a_torn_or_corrupt_one() {
+    fn reset_leaves_a_marker_and_appends_start_again_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.wal");
-        let (mut wal, frames) = Wal::open(&path).unwrap();
-        assert!(frames.is_empty());
-        for seq in 1..=3 {
-            wal.append(&frame(seq, "car-1")).unwrap();
-        }
-        drop(wal);
-        let (_, frames) = Wal::open(&path).unwrap();
-        assert_eq!(frames, vec![frame(1, "car-1"), frame(2, "car-1"), frame(3, "car-1")]);
-
-        // A torn tail: a frame cut short is not read, nor anything after it.
-        let mut bytes = std::fs::read(&path).unwrap();
+        log(&path, 2);
         let (mut wal, _) = Wal::open(&path).unwrap();
-        wal.append(&frame(4, "car-2")).unwrap();
-        drop(wal);
-        let torn = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &torn[..torn.len() - 3]).unwrap();
-        assert_eq!(Wal::open(&path).unwrap().1.len(), 3);
-
-        // A flipped byte in the second frame: only the first is read.
-        let second = HEADER + frame(1, "car-1").encoded_len() + HEADER + 2;
-        bytes[second] ^= 0x40;
-        std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(Wal::open(&path).unwrap().1, vec![frame(1, "car-1")]);
-
-        // A frame out of sequence ends the log.
-        std::fs::write(&path, b"").unwrap();
-        let (mut wal, _) = Wal::open(&path).unwrap();
-        wal.append(&frame(1, "car-1")).unwrap();
-        wal.append(&frame(3, "car-1")).unwrap();
-        drop(wal);
-        assert_eq!(Wal::open(&path).unwrap().1.len(), 1);
-
-        // Reset empties it; appends start again at the beginning.
-        let (mut wal, _) = Wal::open(&path).unwrap();
-        wal.reset().unwrap();
-        assert_eq!(wal.len(), 0);
+        wal.reset(8).unwrap();
         wal.append(&frame(9, "car-9")).unwrap();
         drop(wal);
-        assert_eq!(Wal::open(&path).unwrap().1, vec![frame(9, "car-9")]);
+        let (_, scan) = Wal::open(&path).unwrap();
+        assert_eq!(seqs(&scan), [8, 9]);
+        assert!(scan.frames[0].1.checkpoint && scan.frames[0].0 == 0 && !scan.frames[1].1.checkpoint);
+        // A store that never wrote needs no marker.
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        wal.reset(0).unwrap();
+        assert_eq!(wal.len(), 0);
     }
 }

@@ -17,6 +17,7 @@ mod raw_writes;
 mod sessions;
 mod simulator;
 mod slow_reader;
+mod storage;
 mod surface;
 mod tidy;
 mod tls;
