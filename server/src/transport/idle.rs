@@ -43,8 +43,10 @@ impl Activity {
                 changed.await;
                 continue;
             }
+            // Boxed: only idle connections pay for a timer; a connection with a
+            // stream (every vehicle's) keeps this future small.
             tokio::select! {
-                () = tokio::time::sleep(limit) => {
+                () = Box::pin(tokio::time::sleep(limit)) => {
                     if self.streams.load(Ordering::Acquire) == 0 {
                         return;
                     }

@@ -407,6 +407,9 @@ impl Writer {
     /// failed for good otherwise; tells the node's health.
     fn fail(&mut self, f: Fail) {
         let state = if f.transient { State::Degraded(f.msg.clone()) } else { State::Failed(f.msg.clone()) };
+        if f.transient && self.probe_at.is_none() {
+            self.probe_at = Some(Instant::now() + PROBE_EVERY);
+        }
         if state == self.state {
             return;
         }
@@ -562,7 +565,7 @@ impl Writer {
             return;
         }
         if let Err(f) = self.checkpoint_now() {
-            self.redb_failed(f.doing("store checkpoint"));
+            self.fail(f.doing("store checkpoint"));
         }
     }
 
@@ -571,8 +574,13 @@ impl Writer {
     fn checkpoint_now(&mut self) -> Result<(), Fail> {
         let started = Instant::now();
         let log_bytes = self.wal.len();
-        let txn = self.database()?.begin_write()?;
-        txn.commit()?;
+        let committed = self.database()?.begin_write().map_err(Fail::from).and_then(|txn| Ok(txn.commit()?));
+        if let Err(f) = committed {
+            // redb refuses everything after a failed commit until reopened.
+            self.redb_broken = true;
+            self.shared.applied.broken(StoreError::from(f.clone()));
+            return Err(f);
+        }
         self.dirty = false;
         // Recovery skips frames at or below the checkpoint: a log that could
         // not be emptied only replays them for nothing.
@@ -591,7 +599,12 @@ impl Writer {
         self.probe_at = None;
         let tried = if self.usable() {
             self.catch_up(usize::MAX);
-            if self.usable() { self.checkpoint_now() } else { Err(Fail::permanent("catching up failed")) }
+            if !self.usable() {
+                // The catch-up's failure is noted (and, if it may pass,
+                // retried by reopening redb at the next probe).
+                return;
+            }
+            self.checkpoint_now()
         } else {
             self.reopen()
         };
@@ -611,10 +624,7 @@ impl Writer {
                 tracing::debug!(error = %f, "the store still cannot write");
                 self.probe_at = Some(Instant::now() + PROBE_EVERY);
             }
-            Err(f) => {
-                self.redb_broken = true;
-                self.fail(f);
-            }
+            Err(f) => self.fail(f),
         }
     }
 
