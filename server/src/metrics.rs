@@ -46,6 +46,7 @@ pub fn render(hub: &Hub, tasks: &TaskTracker) -> String {
         "kind",
         [("full", &s.tls_full_handshakes), ("resumed", &s.tls_resumed_handshakes)].into_iter(),
     );
+    out.counter("tether_tls_reloads_total", "Times the TLS files were reloaded.", get(&s.tls_reloads));
     out.counter("tether_bytes_received_total", "Bytes read from connections.", get(&s.bytes_in));
     out.counter("tether_bytes_sent_total", "Bytes written to connections.", get(&s.bytes_out));
     out.labelled(

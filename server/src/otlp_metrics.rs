@@ -185,6 +185,7 @@ fn register(meter: &Meter, hub: &Arc<Hub>, tasks: &TaskTracker) {
         s,
         |s| vec![("full", &s.tls_full_handshakes), ("resumed", &s.tls_resumed_handshakes)],
     );
+    counter(meter, "tether.tls.reloads", "{reload}", "Times the TLS files were reloaded.", s, |s| &s.tls_reloads);
     let st = s.clone();
     meter
         .u64_observable_counter("tether.network.io")

@@ -207,7 +207,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         tasks.spawn(serve_admin(listener, hub.clone(), admin_token, tasks.clone(), shutdown.clone()));
     }
     if let Some(state) = tls_state {
-        tasks.spawn(reload_tls(state, shutdown.clone()));
+        tasks.spawn(reload_tls(state, hub.stats.clone(), shutdown.clone()));
     }
     tracing::info!(
         addr = %local_addr,
@@ -364,7 +364,7 @@ const TLS_POLL: Duration = Duration::from_millis(250);
 
 /// Reloads certificates, key, CA and CRLs when they change on disk or on
 /// SIGHUP; a file that does not load keeps the previous configuration.
-async fn reload_tls(state: Arc<TlsState>, shutdown: CancellationToken) {
+async fn reload_tls(state: Arc<TlsState>, stats: Arc<Stats>, shutdown: CancellationToken) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(TLS_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -375,7 +375,10 @@ async fn reload_tls(state: Arc<TlsState>, shutdown: CancellationToken) {
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
         match state.reload(force) {
-            Ok(true) => tracing::info!("TLS configuration reloaded"),
+            Ok(true) => {
+                crate::stats::bump(&stats.tls_reloads);
+                tracing::info!("TLS configuration reloaded");
+            }
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the previous configuration"),
         }

@@ -180,6 +180,8 @@ pub struct Stats {
     pub tls_full_handshakes: AtomicU64,
     /// TLS handshakes that resumed a session with a ticket.
     pub tls_resumed_handshakes: AtomicU64,
+    /// Times the TLS files were reloaded (changed, or SIGHUP).
+    pub tls_reloads: AtomicU64,
     /// Vehicle streams that ended before their session opened, by [`HandshakeFailure`].
     pub handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     /// Heartbeat intervals in which a live session heard nothing.

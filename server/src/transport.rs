@@ -207,13 +207,28 @@ pub async fn accept_loop<S>(
         // against 3.3 KiB over TLS).
         tasks.spawn(async move {
             let admitted = async {
+                // Jittered, so that sockets opened together (a flood) are not
+                // all closed, and re-opened, in one burst.
+                let silence = preface.mul_f64(rand::random_range(0.75..=1.0));
                 match &tls {
-                    None => Some((Transport::Plain(said_preface(stream, peer, preface, &stats).await?), None)),
+                    None => Some((Transport::Plain(said_preface(stream, peer, silence, &stats).await?), None)),
                     Some(tls) => {
-                        let stream = tls.handshake(stream, peer, &stats, &shutdown).await?;
-                        let identity = tls.admit(&stream, peer, &stats)?;
-                        let stream = said_preface(stream, peer, preface, &stats).await?;
-                        Some((Transport::Tls(Box::new(stream)), Some(Arc::new(identity))))
+                        // Until its first byte a socket costs this small state
+                        // only: the TLS handshake's (several KiB) is boxed, and
+                        // made once a ClientHello starts.
+                        if tokio::time::timeout(silence, stream.readable()).await.is_err() {
+                            stats.handshake_failed(HandshakeFailure::Silent);
+                            tracing::info!(%peer, "closed a connection that sent no TLS ClientHello");
+                            return None;
+                        }
+                        Box::pin(async {
+                            let stream =
+                                tls.handshake_spoken(stream, peer, &stats, &shutdown, || pending.spoke()).await?;
+                            let identity = tls.admit(&stream, peer, &stats)?;
+                            let stream = said_preface(stream, peer, preface, &stats).await?;
+                            Some((Transport::Tls(Box::new(stream)), Some(Arc::new(identity))))
+                        })
+                        .await
                     }
                 }
             };
@@ -282,10 +297,7 @@ pub struct TlsTermination {
 }
 
 impl TlsTermination {
-    /// The handshake: the ClientHello first, within `client_hello_timeout`
-    /// and without a slot (a socket that says nothing costs no slot); then a
-    /// slot, waited for at most `timeout`; then the rest of the handshake,
-    /// within `timeout`.
+    /// [`handshake_spoken`](Self::handshake_spoken) with no one to tell.
     async fn handshake<I>(
         &self,
         stream: I,
@@ -294,13 +306,40 @@ impl TlsTermination {
         shutdown: &CancellationToken,
     ) -> Option<tokio_rustls::server::TlsStream<I>>
     where
-        I: AsyncRead + AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Readable + Unpin,
     {
-        let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        self.handshake_spoken(stream, peer, stats, shutdown, || {}).await
+    }
+
+    /// The handshake: the ClientHello first, within `client_hello_timeout`
+    /// and without a slot (a socket that says nothing costs no slot, and no
+    /// TLS buffer until its first byte); `spoke` is called once it is in;
+    /// then a slot, waited for at most `timeout`; then the rest of the
+    /// handshake, within `timeout`.
+    async fn handshake_spoken<I>(
+        &self,
+        stream: I,
+        peer: SocketAddr,
+        stats: &Stats,
+        shutdown: &CancellationToken,
+        spoke: impl FnOnce(),
+    ) -> Option<tokio_rustls::server::TlsStream<I>>
+    where
+        I: AsyncRead + AsyncWrite + Readable + Unpin,
+    {
+        let deadline = tokio::time::Instant::now() + self.client_hello_timeout;
+        let hello = async {
+            // The first byte before rustls's acceptor and its buffers exist.
+            stream.readable().await?;
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await
+        };
         let start = tokio::select! {
             () = shutdown.cancelled() => return None,
-            start = tokio::time::timeout(self.client_hello_timeout, hello) => start,
+            start = tokio::time::timeout_at(deadline, hello) => start,
         };
+        if matches!(start, Ok(Ok(_))) {
+            spoke();
+        }
         let start = match start {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
@@ -484,6 +523,28 @@ where
             Some(active) => tracked(r, active),
             None => r,
         }))
+    }
+}
+
+/// A stream that can wait until it has something to read (a byte or its
+/// end) without reading it.
+pub trait Readable {
+    /// Resolves once a byte (or the end) arrived. A peek, not tokio's
+    /// `readable()`, which resolves at once on a new socket (its readiness
+    /// starts set, to be cleared by a read that would block).
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Readable for TcpStream {
+    async fn readable(&self) -> io::Result<()> {
+        let mut byte = [0u8; 1];
+        self.peek(&mut byte).await.map(drop)
+    }
+}
+
+impl Readable for Counted {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        Readable::readable(&self.inner)
     }
 }
 

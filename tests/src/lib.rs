@@ -113,6 +113,11 @@ impl TestServer {
         stats.handshake_failures[i].load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Times the node reloaded its TLS files so far.
+    pub fn tls_reloads(&self) -> u64 {
+        self.handle.as_ref().expect("running").hub().stats.tls_reloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// TLS handshakes completed so far: (in full, resumed with a ticket).
     pub fn tls_handshakes(&self) -> (u64, u64) {
         let stats = &self.handle.as_ref().expect("running").hub().stats;

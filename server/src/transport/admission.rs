@@ -1,9 +1,9 @@
 //! Which connections have earned their place. A connection is *unproven*
-//! from its accept until it has said something: over TLS its ClientHello
-//! and handshake, then (on either transport) its HTTP preface. Unproven
-//! connections are registered here, oldest first; at the connection cap the
-//! oldest of them is closed to make room for a new connection, so sockets
-//! that never speak cannot keep established clients' peers out.
+//! from its accept until it has said something: over TLS its ClientHello,
+//! on plaintext its HTTP preface. Unproven connections are registered here,
+//! oldest first; at the connection cap the oldest of them is closed to make
+//! room for a new connection, so sockets that never speak cannot keep real
+//! clients out, and a client that has spoken is never closed for one.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +58,14 @@ impl Pending {
     pub(crate) fn evicted(&self) -> WaitForCancellationFuture<'_> {
         self.evict.cancelled()
     }
+
+    /// The connection spoke (its TLS ClientHello arrived): it is no longer
+    /// one the cap may evict, though it is not serving yet. A client in the
+    /// middle of its handshake is never closed for a socket that says
+    /// nothing.
+    pub(crate) fn spoke(&self) {
+        self.registry.lock().remove(&self.id);
+    }
 }
 
 impl Drop for Pending {
@@ -76,6 +84,8 @@ mod tests {
         let first = registry.enter();
         let second = registry.enter();
         let third = registry.enter();
+        second.spoke();
+        assert_eq!(registry.len(), 2);
         drop(second); // proven
         assert_eq!(registry.len(), 2);
         assert!(registry.evict_oldest());

@@ -124,7 +124,8 @@ async fn a_connection_that_says_nothing_or_half_a_preface_is_closed_after_the_pr
     half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     assert!(closed_within(&mut silent, BOUND).await, "a silent socket is closed");
     assert!(closed_within(&mut half, BOUND).await, "so is one that sent half the preface");
-    assert!(started.elapsed() >= Duration::from_millis(450), "not before the timeout: {:?}", started.elapsed());
+    // Closed after 75-100% of the timeout (jittered).
+    assert!(started.elapsed() >= Duration::from_millis(370), "not before the timeout: {:?}", started.elapsed());
     // A real client is unaffected.
     let mut app = tether_proto::app::v1::control_service_client::ControlServiceClient::new(
         tether_tests::channel(&server.url()).await,
