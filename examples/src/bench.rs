@@ -4,8 +4,8 @@
 //! PKI ([`pki`]), a raw-tonic baseline server ([`baseline`]), open- and
 //! closed-loop write drivers ([`load`]), the write scenarios ([`writes`]:
 //! write-rate, max-throughput, fan-out) and the other scenarios ([`latency`], [`idle_memory`],
-//! [`traces`], [`tls`], [`reconnect_storm`]), each ending in a report printed as a table and one
-//! JSON line ([`print_report`]).
+//! [`traces`], [`tls`], [`reconnect_storm`], [`silent_sockets`], [`crash_rounds`]), each ending in a report printed
+//! as a table and one JSON line ([`print_report`]).
 //!
 //! Every scenario is bounded: it starts its own server on `127.0.0.1:0`,
 //! sends traffic only over loopback, stops by itself, and kills the server
@@ -14,6 +14,7 @@
 pub mod baseline;
 pub mod counters;
 pub mod cpu;
+pub mod crash_rounds;
 pub mod fleet;
 pub mod idle_memory;
 pub mod latency;
@@ -22,12 +23,13 @@ pub mod load;
 pub mod pki;
 pub mod reconnect_storm;
 pub mod rss;
+pub mod silent_sockets;
 mod tetherd;
 pub mod tls;
 pub mod traces;
 pub mod writes;
 
-pub use tetherd::{Restart, Tetherd, TetherdOptions};
+pub use tetherd::{Restart, Tetherd, TetherdOptions, metric_value};
 
 use std::fmt::Display;
 

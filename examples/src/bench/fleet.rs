@@ -2,7 +2,7 @@
 //! ([`LeanVehicle::hold_applying`]), each on a TCP connection of its own or
 //! many per connection (one HTTP/2 stream each), connections spread over
 //! source addresses 127.0.0.1, .2, ... — the vehicles of the write
-//! scenarios.
+//! scenarios, in plaintext or over mutual TLS with a certificate each.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,8 +14,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
+use super::idle_memory::Security;
 use super::lean_vehicle::{AppliedLog, LeanVehicle};
 
 /// Connect attempts per connection (and per session on it).
@@ -47,6 +48,16 @@ impl FleetOptions {
     pub fn connections(&self) -> usize {
         self.vehicles.div_ceil(self.per_connection.max(1))
     }
+
+    /// The id of vehicle `index` (what its certificate must name over mTLS).
+    pub fn vehicle_id(&self, index: usize) -> String {
+        format!("{}-{index:05}", self.prefix)
+    }
+
+    /// Every vehicle's id, by index.
+    pub fn ids(&self) -> Vec<String> {
+        (0..self.vehicles).map(|i| self.vehicle_id(i)).collect()
+    }
 }
 
 /// A connected fleet of applying lean vehicles.
@@ -62,11 +73,33 @@ pub struct ApplyingFleet {
 }
 
 impl ApplyingFleet {
-    /// Connects every vehicle to `url` and waits until each has its Welcome.
+    /// Connects every vehicle to `url` in plaintext and waits until each has
+    /// its Welcome.
     pub async fn connect(url: &str, options: &FleetOptions) -> anyhow::Result<ApplyingFleet> {
+        Self::connect_secured(url, options, &Security::Plaintext).await
+    }
+
+    /// Connects every vehicle to `url` (`https://…` for mTLS) and waits until
+    /// each has its Welcome. Over mTLS vehicle `i` presents
+    /// `pki.vehicles[i]`, which must name [`FleetOptions::vehicle_id`]`(i)`,
+    /// on a connection of its own (a certificate names one vehicle).
+    pub async fn connect_secured(
+        url: &str,
+        options: &FleetOptions,
+        security: &Security,
+    ) -> anyhow::Result<ApplyingFleet> {
         anyhow::ensure!(options.vehicles > 0, "connect at least one vehicle");
         anyhow::ensure!(options.per_connection >= 1, "--per-connection must be at least 1");
         anyhow::ensure!(options.source_addresses >= 1, "--source-addresses must be at least 1");
+        if let Security::Mtls(pki) = security {
+            anyhow::ensure!(options.per_connection == 1, "over mTLS each vehicle needs a connection of its own");
+            anyhow::ensure!(
+                pki.vehicles.len() >= options.vehicles,
+                "{} vehicles need as many certificates; the PKI has {}",
+                options.vehicles,
+                pki.vehicles.len()
+            );
+        }
         let connections = options.connections();
         if let Some(limit) = super::rss::open_files_limit()
             && connections as u64 + SPARE_FILES > limit
@@ -77,7 +110,7 @@ impl ApplyingFleet {
                 connections as u64 + SPARE_FILES
             );
         }
-        let ids: Vec<String> = (0..options.vehicles).map(|i| format!("{}-{i:05}", options.prefix)).collect();
+        let ids = options.ids();
         let applied = AppliedLog::new(options.vehicles);
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -91,13 +124,15 @@ impl ApplyingFleet {
             let first = group * options.per_connection;
             let members: Vec<usize> = (first..(first + options.per_connection).min(options.vehicles)).collect();
             let source = crate::loopback::source_address(group, options.source_addresses);
+            // Over mTLS a group is one vehicle, `first`.
+            let tls = security.tls(|pki| &pki.vehicles[first]);
             let (url, ids) = (url.to_string(), members.iter().map(|&i| ids[i].clone()).collect::<Vec<_>>());
             let (stop, permits, applied, tasks2) = (stop.clone(), permits.clone(), applied.clone(), tasks.clone());
             let (connected, failed, retries, done) = (connected.clone(), failed.clone(), retries.clone(), done.clone());
             tasks.spawn(async move {
                 let opened = {
                     let Ok(_permit) = permits.acquire_owned().await else { return };
-                    open_group(&url, source, &ids, &retries).await
+                    open_group(&url, source, tls, &ids, &retries).await
                 };
                 match opened {
                     Ok(vehicles) => {
@@ -181,15 +216,20 @@ impl ApplyingFleet {
     }
 }
 
-/// One connection from `source`, then a session per id over it.
+/// One connection from `source` (over `tls` if given), then a session per
+/// id over it.
 async fn open_group(
     url: &str,
     source: Option<IpAddr>,
+    tls: Option<ClientTlsConfig>,
     ids: &[String],
     retries: &AtomicUsize,
 ) -> anyhow::Result<Vec<LeanVehicle>> {
     // No HTTP/2 keepalive: as idle-memory's vehicles.
-    let endpoint = Endpoint::from_shared(url.to_string())?.local_address(source).tcp_nodelay(true);
+    let mut endpoint = Endpoint::from_shared(url.to_string())?.local_address(source).tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).context("bad TLS configuration")?;
+    }
     let mut attempt = 1;
     let channel = loop {
         match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {

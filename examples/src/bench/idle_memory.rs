@@ -72,7 +72,7 @@ impl Security {
     }
 
     /// The client TLS settings presenting `identity`, if TLS.
-    fn tls(&self, identity: impl FnOnce(&BenchPki) -> &Issued) -> Option<ClientTlsConfig> {
+    pub(crate) fn tls(&self, identity: impl FnOnce(&BenchPki) -> &Issued) -> Option<ClientTlsConfig> {
         match self {
             Security::Plaintext => None,
             Security::Mtls(pki) => {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tether_sdk::{Client, FieldStatus, Patch, RetryPolicy, WaitLevel, Window, WriteOutcome};
+use tether_sdk::{Client, FieldStatus, Patch, RetryPolicy, Tls, WaitLevel, Window, WriteOutcome};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -90,9 +90,37 @@ impl Writes {
         wait: WaitLevel,
         server: Server,
     ) -> anyhow::Result<Writes> {
+        Self::connect_with(url, channels, vehicles, wait, server, None).await
+    }
+
+    /// [`connect`](Self::connect) over TLS (`https://…`), each client
+    /// presenting the identity in `tls` (a service certificate for mTLS).
+    pub async fn connect_tls(
+        url: &str,
+        channels: usize,
+        vehicles: Arc<[String]>,
+        wait: WaitLevel,
+        server: Server,
+        tls: &Tls,
+    ) -> anyhow::Result<Writes> {
+        Self::connect_with(url, channels, vehicles, wait, server, Some(tls)).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        channels: usize,
+        vehicles: Arc<[String]>,
+        wait: WaitLevel,
+        server: Server,
+        tls: Option<&Tls>,
+    ) -> anyhow::Result<Writes> {
         let mut clients = Vec::with_capacity(channels.max(1));
         for _ in 0..channels.max(1) {
-            let client = Client::connect(url.to_string()).await.with_context(|| format!("cannot connect to {url}"))?;
+            let client = match tls {
+                None => Client::connect(url.to_string()).await,
+                Some(tls) => Client::connect_tls(url.to_string(), tls).await,
+            }
+            .with_context(|| format!("cannot connect to {url}"))?;
             clients.push(client.with_debounce(Duration::ZERO).with_retry(RetryPolicy::never()));
         }
         let next_value = (0..vehicles.len()).map(|_| AtomicU32::new(0)).collect();

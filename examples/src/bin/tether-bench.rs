@@ -10,6 +10,8 @@
 //! target/release/tether-bench tls --vehicles 18000    # idle memory, tetherd and raw tonic, plaintext and mTLS
 //! target/release/tether-bench reconnect-storm --vehicles 18000   # kill -9, restart: all back and resynced
 //! target/release/tether-bench fan-out --vehicles 100000 --per-connection 100   # 100,000 sessions on 1,000 connections
+//! target/release/tether-bench silent-sockets --silent 5000   # app p99 and new mTLS vehicles, quiet vs 5,000 silent sockets
+//! target/release/tether-bench crash-rounds --rounds 25     # kill -9 under writes, torn log tails: acknowledged vs lost
 //! ```
 
 use std::net::SocketAddr;
@@ -19,12 +21,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tether_examples::bench::baseline::{self, BaselineOptions};
+use tether_examples::bench::crash_rounds::{self, CrashRoundsConfig};
 use tether_examples::bench::fleet::FleetOptions;
 use tether_examples::bench::idle_memory::{self, IdleMemoryConfig, Security};
 use tether_examples::bench::latency::{self, LatencyConfig};
 use tether_examples::bench::load::parse_wait;
 use tether_examples::bench::pki::ServerFiles;
 use tether_examples::bench::reconnect_storm::{self, ReconnectStormConfig};
+use tether_examples::bench::silent_sockets::{self, SilentSocketsConfig};
 use tether_examples::bench::tls::{self, TlsConfig};
 use tether_examples::bench::traces;
 use tether_examples::bench::writes::{self, FanOutConfig, MaxThroughputConfig, WriteRateConfig, WriteSetup};
@@ -78,6 +82,17 @@ enum Scenario {
     /// One write per vehicle across the fleet: time until every vehicle
     /// reported APPLIED.
     FanOut(FanOutArgs),
+    /// One mTLS tetherd, quiet then attacked by S TCP sockets that never
+    /// send a byte (re-opened whenever tetherd closes one): new mTLS
+    /// vehicles' time to Welcome and the app's open-loop write latency
+    /// (APPLIED) in each phase, the p99 ratio attacked / quiet (target <= 2).
+    SilentSockets(SilentSocketsArgs),
+    /// Fault injection: writers keep tetherd busy, it is killed (SIGKILL) at
+    /// a random moment, a torn frame is added to its write-ahead log, and it
+    /// restarts on the same data: every acknowledged write must be there
+    /// (and its key still known). Acknowledged and lost writes per round;
+    /// exits with a failure if any is lost.
+    CrashRounds(CrashRoundsArgs),
     /// The raw-tonic baseline server alone (unary and bidi echo), on
     /// --listen; prints its address, stops when stdin closes. The write
     /// scenarios start it themselves.
@@ -194,6 +209,68 @@ struct FanOutArgs {
     /// Writes in flight at once.
     #[arg(long, default_value_t = 512)]
     concurrency: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct CrashRoundsArgs {
+    /// Kill-and-restart rounds.
+    #[arg(long, default_value_t = 25)]
+    rounds: usize,
+    /// Writers, each with one write in flight.
+    #[arg(long, default_value_t = 16)]
+    writers: usize,
+    /// Vehicles the writers pick from.
+    #[arg(long, default_value_t = 200)]
+    vehicles: usize,
+    /// Shortest time a round writes before the kill.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    min_run: Duration,
+    /// Longest time a round writes before the kill.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    max_run: Duration,
+    /// Do not add a torn frame to the log after each kill.
+    #[arg(long)]
+    no_torn_tails: bool,
+    /// The random seed.
+    #[arg(long, default_value_t = 15)]
+    seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct SilentSocketsArgs {
+    /// Applying mTLS vehicles (a connection and a certificate each) the
+    /// writes go to.
+    #[arg(long, default_value_t = 200)]
+    vehicles: usize,
+    /// New mTLS vehicles connected in each phase, timed to their Welcome.
+    #[arg(long, default_value_t = 200)]
+    new_vehicles: usize,
+    /// New vehicles connecting at once.
+    #[arg(long, default_value_t = 20)]
+    connect_concurrency: usize,
+    /// Silent TCP sockets held open during the attacked phase (with the
+    /// vehicles, bounded by this process's open-files limit).
+    #[arg(long, default_value_t = 5000)]
+    silent: usize,
+    /// Spread the silent sockets and the vehicles over 127.0.0.1 .. 127.0.0.N.
+    #[arg(long, default_value_t = 16)]
+    source_addresses: u8,
+    /// Writes per second in each phase (scheduled, whatever the answers do).
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Measured writes per phase last this long.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured writes at the same rate before the quiet phase.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// App client connections (SDK clients over mTLS).
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    /// tetherd's --max-connections (default: tetherd's own, 18,000); below
+    /// the silent sockets plus the vehicles, new connections evict silent ones.
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -334,6 +411,27 @@ async fn main() -> ExitCode {
         Scenario::FanOut(a) => {
             vec![Run::FanOut(FanOutConfig { setup: a.fleet.setup(), concurrency: a.concurrency })]
         }
+        Scenario::SilentSockets(a) => vec![Run::SilentSockets(SilentSocketsConfig {
+            vehicles: a.vehicles,
+            new_vehicles: a.new_vehicles,
+            connect_concurrency: a.connect_concurrency,
+            silent: a.silent,
+            source_addresses: a.source_addresses,
+            rate: a.rate,
+            duration: a.duration,
+            warmup: a.warmup,
+            channels: a.channels,
+            max_connections: a.max_connections,
+        })],
+        Scenario::CrashRounds(a) => vec![Run::CrashRounds(CrashRoundsConfig {
+            tetherd: options.clone(),
+            rounds: a.rounds,
+            writers: a.writers,
+            vehicles: a.vehicles,
+            run_between: (a.min_run, a.max_run.max(a.min_run)),
+            torn_tails: !a.no_torn_tails,
+            seed: a.seed,
+        })],
         Scenario::BaselineServer(_) => unreachable!("served above"),
         Scenario::All => {
             let idle = |vehicles| IdleMemoryConfig {
@@ -396,6 +494,8 @@ enum Run {
     WriteRate(WriteRateConfig),
     MaxThroughput(MaxThroughputConfig),
     FanOut(FanOutConfig),
+    SilentSockets(SilentSocketsConfig),
+    CrashRounds(CrashRoundsConfig),
 }
 
 impl Run {
@@ -414,6 +514,15 @@ impl Run {
                 return writes::max_throughput(options, baseline, config).await.map(|r| print_report(&r));
             }
             Run::FanOut(config) => return writes::fan_out(options, config).await.map(|r| print_report(&r)),
+            Run::SilentSockets(config) => {
+                return silent_sockets::run(options, config).await.map(|r| print_report(&r));
+            }
+            Run::CrashRounds(config) => {
+                let report = crash_rounds::run(config).await?;
+                print_report(&report);
+                anyhow::ensure!(report.lost == 0, "{} acknowledged write(s) lost", report.lost);
+                return Ok(());
+            }
             Run::Latency(_) | Run::IdleMemory(_) => {}
         }
         let server = Tetherd::start(options).await?;
@@ -425,7 +534,9 @@ impl Run {
             | Run::ReconnectStorm(_)
             | Run::WriteRate(_)
             | Run::MaxThroughput(_)
-            | Run::FanOut(_) => unreachable!("handled above"),
+            | Run::FanOut(_)
+            | Run::SilentSockets(_)
+            | Run::CrashRounds(_) => unreachable!("handled above"),
         };
         server.stop().await?;
         outcome

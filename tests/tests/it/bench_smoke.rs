@@ -131,3 +131,76 @@ async fn a_reconnect_storm_brings_every_vehicle_back_resynced() {
         assert!(report.reconnected_seconds <= report.resynced_seconds, "{report:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_leave_room_for_every_new_vehicle() {
+    use tether_examples::bench::silent_sockets::{self, SilentSocketsConfig};
+    // tetherd closes a silent socket after 1 s here (5 s by default), so the
+    // attacker re-opens every one within the attacked phase's 2 s of writes.
+    let mut options = tetherd();
+    options.args.extend(["--preface-timeout".into(), "1s".into()]);
+    let config = SilentSocketsConfig {
+        vehicles: 20,
+        new_vehicles: 20,
+        connect_concurrency: 10,
+        silent: 300,
+        source_addresses: 4,
+        rate: 50.0,
+        duration: Duration::from_secs(2),
+        warmup: Duration::ZERO,
+        channels: 1,
+        max_connections: None,
+    };
+    let report = silent_sockets::run(&options, &config).await.expect("silent-sockets runs");
+    for phase in [&report.quiet, &report.attacked] {
+        let arrivals = &phase.new_vehicles;
+        assert_eq!((arrivals.attempted, arrivals.connected, arrivals.failed), (20, 20, 0), "{arrivals:?}");
+        let load = &phase.load;
+        assert_eq!((load.writes, load.reached, load.errors, load.not_reached), (100, 100, 0, 0), "{load:?}");
+    }
+    let silent = &report.silent;
+    assert_eq!(silent.held_at_start, 300, "{silent:?}");
+    // The re-open path ran, and tetherd counted what it closed (the phase
+    // lasts at least its 2 s of writes, twice the preface timeout).
+    assert!(silent.reopened > 0 && silent.closed_by_tetherd > 0, "{silent:?}");
+    assert!(report.tetherd_silent_total > 0 && report.attacked.tetherd_silent > 0, "{report:?}");
+    assert_eq!(report.quiet.tetherd_silent, 0, "{report:?}");
+
+    let json = serde_json::to_value(&report).expect("the report encodes");
+    assert_eq!(json["scenario"], "silent-sockets");
+    for key in ["p99_ratio", "p99_target", "p99_met", "tetherd_silent_total", "tetherd_evicted_total", "silent"] {
+        assert!(!json[key].is_null(), "no {key} in {json}");
+    }
+    for phase in ["quiet", "attacked"] {
+        for key in ["p50_us", "p99_us", "p999_us", "max_us"] {
+            assert!(json[phase]["load"][key].is_u64(), "no {phase}.load.{key} in {json}");
+        }
+        for key in ["connected", "welcome_p50_ms", "welcome_p99_ms", "welcome_max_ms"] {
+            assert!(!json[phase]["new_vehicles"][key].is_null(), "no {phase}.new_vehicles.{key} in {json}");
+        }
+        assert!(json[phase]["server_cpu"]["percent"].is_number(), "no {phase}.server_cpu in {json}");
+    }
+    for key in ["held_at_start", "held_min", "reopened", "closed_by_tetherd"] {
+        assert!(json["silent"][key].is_number(), "no silent.{key} in {json}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_rounds_lose_no_acknowledged_write() {
+    use tether_examples::bench::crash_rounds::{self, CrashRoundsConfig};
+    let config = CrashRoundsConfig {
+        tetherd: tetherd(),
+        rounds: 4,
+        writers: 4,
+        vehicles: 20,
+        run_between: (Duration::from_millis(200), Duration::from_millis(400)),
+        torn_tails: true,
+        seed: 7,
+    };
+    let report = crash_rounds::run(&config).await.expect("crash-rounds runs");
+    assert_eq!(report.rounds.len(), 4);
+    assert_eq!(report.torn_tails, 4, "every kind of torn tail once");
+    assert!(report.acknowledged > 0, "{report:?}");
+    assert_eq!(report.lost, 0, "{report}");
+    assert!(report.rounds.iter().all(|r| r.checked > 0), "{report:?}");
+}
