@@ -447,7 +447,7 @@ async fn a_save_the_disk_refuses_reloads_its_vehicle_and_writes_resume_by_themse
 
     // The disk refuses the next append: the save is refused, nothing of it
     // stored, and the vehicle is handed back as it is durable.
-    store.send(Op::FailAppends(1));
+    store.send(Op::FailAppends { count: 1, errno: libc::ENOSPC });
     let refused = store.save("car-1".into(), with_epoch(b"two", "k2", 0), None).await.unwrap();
     assert!(refused.unwrap_err().0.contains("No space left"));
     assert!(matches!(*store.health().borrow(), StoreHealth::Degraded(_)));
@@ -477,4 +477,39 @@ async fn a_save_the_disk_refuses_reloads_its_vehicle_and_writes_resume_by_themse
     let mut keys: Vec<&str> = all[0].keys.iter().map(|(k, _)| &**k).collect();
     keys.sort();
     assert_eq!(keys, ["k1", "k4"], "no key of a refused save");
+}
+
+#[tokio::test]
+async fn an_io_error_that_may_not_pass_fails_the_store_for_good_and_still_reloads_the_vehicle() {
+    use crate::store::{DurableRows, Reload, StoreHealth};
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    let reloads: Arc<std::sync::Mutex<Vec<Reload>>> = Arc::default();
+    let seen = reloads.clone();
+    store.on_reload(Arc::new(move |r| seen.lock().unwrap().push(r)));
+    store.save("car-1".into(), record(b"one", &[], &[]), None).await.unwrap().unwrap();
+    // EIO: after a failed write or fsync the kernel may have dropped the
+    // data; retrying cannot be trusted.
+    store.send(Op::FailAppends { count: 1, errno: libc::EIO });
+    assert!(store.save("car-1".into(), record(b"two", &[], &[]), None).await.unwrap().is_err());
+    assert!(matches!(*store.health().borrow(), StoreHealth::Failed(_)), "{:?}", *store.health().borrow());
+    {
+        let reloads = reloads.lock().unwrap();
+        let DurableRows::Known(Some(rows)) = &reloads[0].rows else { panic!("{:?}", reloads[0].rows) };
+        assert_eq!(rows.record, Bytes::from_static(b"one"), "memory goes back to the disk");
+    }
+    // Never retried: later saves (made after the reload) are refused too,
+    // well past the degraded store's retry interval.
+    let after = Instant::now() + super::writer::PROBE_EVERY * 3;
+    while Instant::now() < after {
+        let refused = store.save("car-1".into(), RecordSave { epoch: 1, ..record(b"three", &[], &[]) }, None);
+        assert!(refused.await.unwrap().is_err());
+        tokio::time::sleep(super::writer::PROBE_EVERY / 2).await;
+    }
+    assert!(matches!(*store.health().borrow(), StoreHealth::Failed(_)));
+    store.close();
+    drop(store);
+    // What was acknowledged is kept.
+    let store = RedbStore::open(dir.path()).unwrap();
+    assert_eq!(store.load_all().unwrap()[0].record, Bytes::from_static(b"one"));
 }

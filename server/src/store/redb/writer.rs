@@ -97,9 +97,13 @@ pub(super) enum Op {
     /// Stops the writer as a crash would: no checkpoint, nothing more.
     #[cfg(test)]
     Halt(oneshot::Sender<()>),
-    /// The next `n` log appends fail as a full disk would.
+    /// The next `count` log appends fail with `errno` (ENOSPC: as a full
+    /// disk would).
     #[cfg(test)]
-    FailAppends(usize),
+    FailAppends {
+        count: usize,
+        errno: i32,
+    },
 }
 
 impl Op {
@@ -117,7 +121,7 @@ impl Op {
             }
             Op::CatchUp => {}
             #[cfg(test)]
-            Op::Halt(_) | Op::FailAppends(_) => {}
+            Op::Halt(_) | Op::FailAppends { .. } => {}
         }
     }
 }
@@ -167,7 +171,7 @@ pub(super) struct Writer {
     /// When the last operation came (an idle checkpoint follows it).
     last_op: Instant,
     #[cfg(test)]
-    fail_appends: usize,
+    fail_appends: (usize, i32),
 }
 
 impl Writer {
@@ -191,7 +195,7 @@ impl Writer {
             probe_at: None,
             last_op: Instant::now(),
             #[cfg(test)]
-            fail_appends: 0,
+            fail_appends: (0, 0),
         }
     }
 
@@ -266,8 +270,8 @@ impl Writer {
                     return;
                 }
                 #[cfg(test)]
-                Op::FailAppends(n) => {
-                    self.fail_appends = n;
+                Op::FailAppends { count, errno } => {
+                    self.fail_appends = (count, errno);
                     continue;
                 }
             };
@@ -450,10 +454,10 @@ impl Writer {
     fn log(&mut self, batch: &[Save]) -> Result<Frame, Fail> {
         let frame = self.frame(batch);
         #[cfg(test)]
-        if self.fail_appends > 0 {
-            self.fail_appends -= 1;
-            let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
-            return Err(io_fail(full, "writing the write-ahead log"));
+        if self.fail_appends.0 > 0 {
+            self.fail_appends.0 -= 1;
+            let injected = std::io::Error::from_raw_os_error(self.fail_appends.1);
+            return Err(io_fail(injected, "writing the write-ahead log"));
         }
         self.wal.append(&frame).map_err(|e| io_fail(e, "writing the write-ahead log"))?;
         self.wal_seq = frame.seq;
