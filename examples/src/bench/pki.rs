@@ -73,6 +73,25 @@ pub struct ServerFiles {
     pub client_ca: PathBuf,
 }
 
+impl ServerFiles {
+    /// tetherd's arguments for mutual TLS with these files, and the bench's
+    /// stats service (its certificate reads, controls and reads the node's
+    /// statistics).
+    pub fn tetherd_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--tls-cert".into(),
+            path(&self.cert),
+            "--tls-key".into(),
+            path(&self.key),
+            "--client-ca".into(),
+            path(&self.client_ca),
+            "--service".into(),
+            format!("{STATS_SERVICE}=vehicles:read vehicles:control admin:read"),
+        ]
+    }
+}
+
 impl BenchPki {
     /// A fresh CA and every certificate, one per id in `vehicle_ids`,
     /// generated on `threads` threads.

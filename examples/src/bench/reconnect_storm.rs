@@ -31,8 +31,6 @@ const POLL: Duration = Duration::from_millis(100);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Writes in flight while the app re-sets every vehicle.
 const WRITES_IN_FLIGHT: usize = 64;
-/// The app's service name (declared to tetherd with `--service`).
-const APP_SERVICE: &str = pki::STATS_SERVICE;
 
 /// The scenario's parameters.
 #[derive(Debug, Clone)]
@@ -102,17 +100,7 @@ pub async fn run(options: &TetherdOptions, config: &ReconnectStormConfig) -> any
             std::fs::write(certs.path().join(format!("{id}.pem")), &issued.cert_pem)?;
             std::fs::write(certs.path().join(format!("{id}.key")), &issued.key_pem)?;
         }
-        let path = |p: &std::path::Path| p.display().to_string();
-        options.args.extend([
-            "--tls-cert".into(),
-            path(&files.cert),
-            "--tls-key".into(),
-            path(&files.key),
-            "--client-ca".into(),
-            path(&files.client_ca),
-            "--service".into(),
-            format!("{APP_SERVICE}=vehicles:read vehicles:control admin:read"),
-        ]);
+        options.args.extend(files.tetherd_args());
         let fleet_tls = FleetTls {
             ca: files.client_ca.clone(),
             cert_dir: certs.path().to_path_buf(),

@@ -276,21 +276,7 @@ pub async fn run(options: &TetherdOptions, config: &SilentSocketsConfig) -> anyh
     let certs = tempfile::Builder::new().prefix("tether-bench-silent-").tempdir()?;
     let files = pki.write_server_files(certs.path())?;
     let mut options = options.clone();
-    let path = |p: &std::path::Path| p.display().to_string();
-    options.args.extend([
-        "--tls-cert".into(),
-        path(&files.cert),
-        "--tls-key".into(),
-        path(&files.key),
-        "--client-ca".into(),
-        path(&files.client_ca),
-        "--service".into(),
-        format!("{}=vehicles:read vehicles:control admin:read", pki::STATS_SERVICE),
-        // The counters are read from /metrics; on a port of its own (tetherd's
-        // default is the fixed 9464), so runs and tests side by side never collide.
-        "--admin-listen".into(),
-        "127.0.0.1:0".into(),
-    ]);
+    options.args.extend(files.tetherd_args());
     if let Some(max) = config.max_connections {
         options.args.extend(["--max-connections".into(), max.to_string()]);
     }

@@ -28,6 +28,23 @@ use tether_proto::RawState;
 use tether_proto::app::v1::{SetDesiredRequest, WaitLevel};
 use tether_proto::state::v1::{VehicleState, Windows};
 
+/// Runs the real tetherd with `args` (a fresh data directory added), which
+/// must refuse to start; returns its stderr, checked to be one line.
+pub(crate) async fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tetherd-under-test"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "tetherd {args:?} started");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    stderr
+}
+
 /// A patch setting the front-left window.
 pub(crate) fn window(pct: u32) -> VehicleState {
     VehicleState { windows: Some(Windows { front_left: Some(pct), ..Default::default() }), ..Default::default() }

@@ -135,18 +135,10 @@ async fn get_metrics(admin: SocketAddr, token: Option<&str>) -> (String, String)
 #[tokio::test]
 async fn the_admin_port_off_loopback_needs_a_token_or_an_explicit_opt_out() {
     // Off loopback without a token: tetherd refuses to start, in one line.
-    let dir = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tetherd-under-test"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = crate::refused_start(&["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"]).await;
     assert!(stderr.contains("0.0.0.0:0") && stderr.contains("--admin-token-file"), "{stderr}");
     assert!(stderr.contains("--admin-allow-unauthenticated"), "names the opt-out: {stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    let dir = tempfile::tempdir().unwrap();
 
     // With a token, on every address: no token or a wrong one is 401.
     let token = "s3cret-admin-token-0123456789";
@@ -169,15 +161,17 @@ async fn the_admin_port_off_loopback_needs_a_token_or_an_explicit_opt_out() {
     server.shutdown().await;
 
     // A token too short to be one is refused at start.
-    std::fs::write(dir.path().join("short.token"), "abc").unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tetherd-under-test"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--admin-token-file"])
-        .arg(dir.path().join("short.token"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("at least 16"), "{stderr}");
+    let short = dir.path().join("short.token");
+    std::fs::write(&short, "abc").unwrap();
+    let short = short.to_str().unwrap();
+    let stderr = crate::refused_start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        short,
+    ])
+    .await;
+    assert!(stderr.contains("at least 16"), "{stderr}");
 }
