@@ -264,6 +264,31 @@ async fn only_a_certificate_naming_exactly_one_vehicle_opens_its_session() {
 }
 
 #[tokio::test]
+async fn the_real_binary_refuses_a_certificate_with_a_common_name_and_no_dns_name() {
+    let pki = Pki::new();
+    std::fs::write(pki.path("fleet.crl"), pki.ca.crl(&[]).unwrap()).unwrap();
+    let files = ["server.pem", "server.key", "ca.pem"].map(|f| pki.path(f).display().to_string());
+    let data = tempfile::tempdir().unwrap();
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tetherd-under-test"));
+    let args = ["--tls-cert", &files[0], "--tls-key", &files[1], "--client-ca", &files[2]];
+    let server = tether_tests::ChildServer::start_with_args(&binary, data.path(), None, &args).await;
+    let connect = |names: ClientNames<'static>| {
+        let cert = pki.ca.client_with_names(&names, Duration::from_secs(3600)).unwrap();
+        let addr = server.addr;
+        let ca = pki.ca.cert_pem.clone();
+        async move { tls_endpoint(addr, &ca, &cert).connect().await.unwrap() }
+    };
+    let err = hello(connect(ClientNames { common_name: Some("car-1"), ..Default::default() }).await, "car-1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("names no vehicle"), "{}", err.message());
+    let (welcome, _v) =
+        hello(connect(ClientNames { dns: &["car-1"], ..Default::default() }).await, "car-1").await.unwrap();
+    assert!(matches!(welcome, server_message::Kind::Welcome(_)));
+}
+
+#[tokio::test]
 async fn under_the_cn_rule_the_common_name_names_the_vehicle_and_nothing_may_disagree() {
     let pki = Pki::new();
     let server = pki.server_with(|c| c.vehicle_identity = tetherd::tls::IdentityFrom::Cn).await;
