@@ -324,6 +324,15 @@ impl Writer {
             if fresh.is_empty() {
                 return;
             }
+            // A vehicle's saves come in the order they were made: once one
+            // made after its reload is here, none made before is left.
+            if self.state == State::Healthy {
+                for save in &fresh {
+                    if save.record.is_some() {
+                        self.min_epoch.remove(&save.vehicle);
+                    }
+                }
+            }
             batch = fresh;
         }
         let logged = match &self.state {
