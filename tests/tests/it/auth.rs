@@ -134,8 +134,14 @@ async fn tokens_are_verified_and_scopes_limit_fields_and_vehicles() {
 #[tokio::test]
 async fn a_token_not_valid_yet_or_issued_in_the_future_is_refused() {
     let signer = DevSigner::new("k1", ISSUER, AUDIENCE).unwrap();
-    let server = server_with_keys(&signer).await;
-    let mut app = server.app().await;
+    // The real binary, verifying tokens against the signer's JWKS.
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &signer.jwks).unwrap();
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tetherd-under-test"));
+    let args = ["--jwks", jwks.to_str().unwrap(), "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE];
+    let server = tether_tests::ChildServer::start_with_args(&binary, &dir.path().join("data"), None, &args).await;
+    let mut app = ControlServiceClient::new(tether_tests::channel(&server.url()).await);
     let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let token = |claims| signer.token_with_claims("ops", "vehicles:read vehicles:control", claims).unwrap();
     let refused = [
