@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod bench_smoke;
 mod cli;
+mod cluster;
 mod command_path;
 mod config;
 mod drain;
