@@ -15,6 +15,7 @@ use tether_proto::StateSchema;
 use tokio::sync::{oneshot, watch};
 
 use crate::core::{KeyLimits, VehicleRecord};
+pub use crate::router::Change;
 use crate::router::Router;
 use crate::stats::Stats;
 use crate::store::{
@@ -22,32 +23,6 @@ use crate::store::{
     encode_save,
 };
 use tether_proto::vehicle::v1::GoodbyeReason;
-
-/// What a change touched; drives saving and watch events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Change {
-    /// Desired values (a write, a cancel).
-    pub desired: bool,
-    /// The actual state.
-    pub actual: bool,
-    /// A field's status.
-    pub status: bool,
-    /// Presence.
-    pub presence: bool,
-}
-
-impl Change {
-    /// Nothing changed.
-    pub const NONE: Change = Change { desired: false, actual: false, status: false, presence: false };
-
-    fn is_stored(self) -> bool {
-        self.desired || self.actual || self.status
-    }
-
-    fn any(self) -> bool {
-        self.is_stored() || self.presence
-    }
-}
 
 /// Running versions of each kind of change, for watchers to diff.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -202,7 +177,7 @@ impl VehicleCell {
         self.changes.subscribe()
     }
 
-    /// Wakes every receiver (the router calls this after a change).
+    /// Wakes every receiver (the hub calls this after a change).
     pub fn notify(&self) {
         self.changes.send_modify(|s| s.version = s.version.wrapping_add(1));
     }
@@ -502,7 +477,8 @@ impl Hub {
             self.arm_expiry(&cell.id, &mut inner);
         }
         drop(inner);
-        self.router.changed(cell, change);
+        cell.notify();
+        self.router.changed(&cell.id, change);
         (result, durable)
     }
 
