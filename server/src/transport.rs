@@ -216,14 +216,13 @@ pub async fn accept_loop<S>(
                         // Until its first byte a socket costs this small state
                         // only: the TLS handshake's (several KiB) is boxed, and
                         // made once a ClientHello starts.
-                        if tokio::time::timeout(silence, stream.readable()).await.is_err() {
-                            stats.handshake_failed(HandshakeFailure::Silent);
-                            tracing::info!(%peer, "closed a connection that sent no TLS ClientHello");
+                        if !first_byte(&stream, tokio::time::Instant::now() + silence, peer, &stats).await {
                             return None;
                         }
                         Box::pin(async {
-                            let stream =
-                                tls.handshake_spoken(stream, peer, &stats, &shutdown, || pending.spoke()).await?;
+                            let hello_by = tokio::time::Instant::now() + tls.client_hello_timeout;
+                            let spoke = || pending.spoke();
+                            let stream = tls.handshake_spoken(stream, hello_by, peer, &stats, &shutdown, spoke).await?;
                             let identity = tls.admit(&stream, peer, &stats)?;
                             let stream = said_preface(stream, peer, preface, &stats).await?;
                             Some((Transport::Tls(Box::new(stream)), Some(Arc::new(identity))))
@@ -279,6 +278,17 @@ where
     }
 }
 
+/// Whether the connection's first byte (or its end) arrived by `deadline`;
+/// a silent one is counted and logged.
+async fn first_byte(stream: &impl Readable, deadline: tokio::time::Instant, peer: SocketAddr, stats: &Stats) -> bool {
+    if tokio::time::timeout_at(deadline, stream.readable()).await.is_ok() {
+        return true;
+    }
+    stats.handshake_failed(HandshakeFailure::Silent);
+    tracing::info!(%peer, "closed a connection that sent no TLS ClientHello");
+    false
+}
+
 /// TLS termination for the accept loop: at most `handshakes` in flight, each
 /// bounded by `timeout`, so a reconnect storm queues instead of starving
 /// established sessions of CPU.
@@ -297,7 +307,9 @@ pub struct TlsTermination {
 }
 
 impl TlsTermination {
-    /// [`handshake_spoken`](Self::handshake_spoken) with no one to tell.
+    /// [`handshake_spoken`](Self::handshake_spoken) for a connection no one
+    /// waited on: its first byte first (within `client_hello_timeout`), so a
+    /// silent one never gets TLS state; and no one to tell.
     async fn handshake<I>(
         &self,
         stream: I,
@@ -308,40 +320,39 @@ impl TlsTermination {
     where
         I: AsyncRead + AsyncWrite + Readable + Unpin,
     {
-        self.handshake_spoken(stream, peer, stats, shutdown, || {}).await
+        let hello_by = tokio::time::Instant::now() + self.client_hello_timeout;
+        if !first_byte(&stream, hello_by, peer, stats).await {
+            return None;
+        }
+        self.handshake_spoken(stream, hello_by, peer, stats, shutdown, || {}).await
     }
 
-    /// The handshake: the ClientHello first, within `client_hello_timeout`
-    /// and without a slot (a socket that says nothing costs no slot, and no
-    /// TLS buffer until its first byte); `spoke` is called once it is in;
-    /// then a slot, waited for at most `timeout`; then the rest of the
-    /// handshake, within `timeout`.
+    /// The handshake of a connection whose first byte arrived: the
+    /// ClientHello, by `hello_by` and without a slot; `spoke` is called once
+    /// it is in; then a slot, waited for at most `timeout`; then the rest of
+    /// the handshake, within `timeout`.
     async fn handshake_spoken<I>(
         &self,
         stream: I,
+        hello_by: tokio::time::Instant,
         peer: SocketAddr,
         stats: &Stats,
         shutdown: &CancellationToken,
         spoke: impl FnOnce(),
     ) -> Option<tokio_rustls::server::TlsStream<I>>
     where
-        I: AsyncRead + AsyncWrite + Readable + Unpin,
+        I: AsyncRead + AsyncWrite + Unpin,
     {
-        let deadline = tokio::time::Instant::now() + self.client_hello_timeout;
-        let hello = async {
-            // The first byte before rustls's acceptor and its buffers exist.
-            stream.readable().await?;
-            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await
-        };
+        let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
         let start = tokio::select! {
             () = shutdown.cancelled() => return None,
-            start = tokio::time::timeout_at(deadline, hello) => start,
+            start = tokio::time::timeout_at(hello_by, hello) => start,
         };
-        if matches!(start, Ok(Ok(_))) {
-            spoke();
-        }
         let start = match start {
-            Ok(Ok(start)) => start,
+            Ok(Ok(start)) => {
+                spoke();
+                start
+            }
             Ok(Err(e)) => {
                 stats.handshake_failed(HandshakeFailure::TlsRefused);
                 tracing::info!(%peer, error = %e, "TLS ClientHello refused");
@@ -349,7 +360,7 @@ impl TlsTermination {
             }
             Err(_) => {
                 stats.handshake_failed(HandshakeFailure::Silent);
-                tracing::info!(%peer, timeout = ?self.client_hello_timeout, "closed a connection that sent no TLS ClientHello");
+                tracing::info!(%peer, timeout = ?self.client_hello_timeout, "closed a connection whose TLS ClientHello did not complete in time");
                 return None;
             }
         };
