@@ -19,8 +19,8 @@ pub use crate::router::Change;
 use crate::router::Router;
 use crate::stats::Stats;
 use crate::store::{
-    AuditEntry, Durable, DurableRows, OnCommit, Reload, ReloadHook, Store, StoreError, Urgency, decode_record,
-    encode_save,
+    AuditEntry, Durable, DurableRows, OnCommit, Reload, ReloadHook, Store, StoreError, StoredRows, Urgency,
+    decode_record, encode_save,
 };
 use tether_proto::vehicle::v1::GoodbyeReason;
 
@@ -241,11 +241,7 @@ fn reload_hook(
             DurableRows::Known(rows) => {
                 let record = match rows {
                     None => Ok(VehicleRecord::default()),
-                    Some(rows) => match &rows.damage {
-                        Some(damage) => Err(damage.clone()),
-                        None => decode_record(&cell.id, &rows.record, &rows.keys, &schema, limits)
-                            .map_err(|e| e.to_string()),
-                    },
+                    Some(rows) => decode_rows(&rows, &schema, limits),
                 };
                 match record {
                     Ok(record) => {
@@ -276,6 +272,15 @@ fn reload_hook(
         drop(inner);
         cell.notify();
     })
+}
+
+/// A vehicle's record from its stored rows, or why they cannot be trusted
+/// (damage the store found, or a record that does not decode).
+fn decode_rows(rows: &StoredRows, schema: &StateSchema, limits: KeyLimits) -> Result<VehicleRecord, String> {
+    match &rows.damage {
+        Some(damage) => Err(damage.clone()),
+        None => decode_record(&rows.vehicle, &rows.record, &rows.keys, schema, limits).map_err(|e| e.to_string()),
+    }
 }
 
 /// Vehicles by their earliest pending expiry, soonest first.
@@ -319,14 +324,10 @@ impl Hub {
         quarantine_damaged: bool,
     ) -> Result<Self, StoreError> {
         let mut vehicles = BTreeMap::new();
-        let mut expiries = BinaryHeap::new();
+        let expiries = Arc::new(Mutex::new(BinaryHeap::new()));
         for rows in store.load_all()? {
             let id = rows.vehicle.clone();
-            let decoded = match &rows.damage {
-                Some(damage) => Err(damage.clone()),
-                None => decode_record(&id, &rows.record, &rows.keys, &schema, key_limits).map_err(|e| e.to_string()),
-            };
-            let record = match decoded {
+            let record = match decode_rows(&rows, &schema, key_limits) {
                 Ok(record) => record,
                 Err(why) if quarantine_damaged => {
                     store.quarantine(&id, &why)?;
@@ -347,17 +348,10 @@ impl Hub {
                 }
             };
             let cell = VehicleCell::new(id.clone(), record);
-            {
-                let mut inner = cell.lock();
-                if let Some(at) = inner.record.next_expiry() {
-                    inner.armed_expiry = Some(at);
-                    expiries.push(Reverse((at, id.clone())));
-                }
-            }
+            arm_expiry(&expiries, &id, &mut cell.lock());
             vehicles.insert(id, Arc::new(cell));
         }
         let vehicles: Vehicles = Arc::new(RwLock::new(vehicles));
-        let expiries = Arc::new(Mutex::new(expiries));
         store.on_reload(reload_hook(vehicles.clone(), expiries.clone(), schema.clone(), key_limits));
         let epoch = u64::from(store.boot_epoch());
         Ok(Hub {
@@ -617,7 +611,7 @@ mod tests {
     use super::*;
     use crate::core::{Origin, Write};
     use crate::router::LocalRouter;
-    use crate::store::{RecordSave, StoredRows};
+    use crate::store::RecordSave;
 
     /// A save held back: what it runs at its commit, and its durability.
     type Held = (Option<OnCommit>, oneshot::Sender<Result<(), StoreError>>);
