@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ::redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use ::redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use bytes::Bytes;
 
 use super::Fail;
@@ -87,14 +87,14 @@ pub(super) fn apply(txn: &WriteTransaction, frames: &[Frame]) -> Result<(), Fail
     }
     let mut table = txn.open_table(VEHICLES)?;
     for (vehicle, record) in records {
-        table.insert(vehicle, seal(VEHICLES_NAME, &[vehicle], record).as_slice())?;
+        table.insert(vehicle, seal(VEHICLES.name(), &[vehicle], record).as_slice())?;
     }
     if !keys.is_empty() {
         let mut table = txn.open_table(KEYS)?;
         for ((vehicle, key), entry) in keys {
             match entry {
                 Some(entry) => {
-                    table.insert((vehicle, key), seal(KEYS_NAME, &[vehicle, key], entry).as_slice()).map(drop)
+                    table.insert((vehicle, key), seal(KEYS.name(), &[vehicle, key], entry).as_slice()).map(drop)
                 }
                 None => table.remove((vehicle, key)).map(drop),
             }?;
@@ -114,9 +114,6 @@ pub(super) fn apply(txn: &WriteTransaction, frames: &[Frame]) -> Result<(), Fail
     Ok(())
 }
 
-const VEHICLES_NAME: &str = "vehicles";
-const KEYS_NAME: &str = "idempotency_keys";
-
 /// Seals every vehicle and key row of a store written before rows were
 /// sealed, in the caller's transaction; a no-op once done.
 pub(super) fn seal_old_rows(txn: &WriteTransaction) -> Result<(), Fail> {
@@ -130,7 +127,7 @@ pub(super) fn seal_old_rows(txn: &WriteTransaction) -> Result<(), Fail> {
         .map(|row| row.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
         .collect::<Result<_, _>>()?;
     for (vehicle, value) in &rows {
-        vehicles.insert(vehicle.as_str(), seal(VEHICLES_NAME, &[vehicle], value).as_slice())?;
+        vehicles.insert(vehicle.as_str(), seal(VEHICLES.name(), &[vehicle], value).as_slice())?;
     }
     let mut keys = txn.open_table(KEYS)?;
     let rows: Vec<((String, String), Vec<u8>)> = keys
@@ -143,7 +140,7 @@ pub(super) fn seal_old_rows(txn: &WriteTransaction) -> Result<(), Fail> {
         })
         .collect::<Result<_, _>>()?;
     for ((vehicle, key), value) in &rows {
-        keys.insert((vehicle.as_str(), key.as_str()), seal(KEYS_NAME, &[vehicle, key], value).as_slice())?;
+        keys.insert((vehicle.as_str(), key.as_str()), seal(KEYS.name(), &[vehicle, key], value).as_slice())?;
     }
     meta.insert(ROW_FORMAT, SEALED)?;
     Ok(())
@@ -152,71 +149,80 @@ pub(super) fn seal_old_rows(txn: &WriteTransaction) -> Result<(), Fail> {
 /// Every stored vehicle with its record and keys; a vehicle whose rows do not
 /// verify (or that has keys and no record) comes with its `damage` said.
 pub(super) fn load_all(txn: &ReadTransaction) -> Result<Vec<StoredRows>, Fail> {
-    // Each vehicle's keys, and the first damage found among them.
-    type Keys = (Vec<(Arc<str>, Bytes)>, Option<String>);
     let mut keys: HashMap<String, Keys> = HashMap::new();
     for row in txn.open_table(KEYS)?.iter()? {
         let (k, v) = row?;
         let (vehicle, key) = k.value();
-        let entry = keys.entry(vehicle.to_string()).or_default();
-        match unseal(KEYS_NAME, &[vehicle, key], v.value()) {
-            Ok(value) => entry.0.push((Arc::from(key), Bytes::copy_from_slice(value))),
-            Err(why) => {
-                entry.1.get_or_insert(format!("idempotency key {key:?}: {why}"));
-            }
-        }
+        keys.entry(vehicle.to_string()).or_default().add(vehicle, key, v.value());
     }
     let mut out = Vec::new();
     for row in txn.open_table(VEHICLES)?.iter()? {
         let (k, v) = row?;
         let vehicle = k.value();
-        let (keys, key_damage) = keys.remove(vehicle).unwrap_or_default();
-        let (record, damage) = match unseal(VEHICLES_NAME, &[vehicle], v.value()) {
-            Ok(value) => (Bytes::copy_from_slice(value), key_damage),
-            Err(why) => (Bytes::new(), Some(why)),
-        };
-        out.push(StoredRows { vehicle: Arc::from(vehicle), record, keys, damage });
+        out.push(stored(vehicle, Some(v.value()), keys.remove(vehicle).unwrap_or_default()));
     }
     // Keys whose vehicle has no record: its record row is gone.
-    for (vehicle, (keys, _)) in keys {
-        let damage = Some(format!("{} idempotency key(s) but no vehicle record", keys.len().max(1)));
-        out.push(StoredRows { vehicle: Arc::from(vehicle.as_str()), record: Bytes::new(), keys, damage });
-    }
+    out.extend(keys.into_iter().map(|(vehicle, keys)| stored(&vehicle, None, keys)));
     Ok(out)
 }
 
 /// One vehicle's rows, or `None` when nothing of it is stored.
 pub(super) fn load_one(txn: &ReadTransaction, vehicle: &str) -> Result<Option<StoredRows>, Fail> {
-    let mut damage = None;
-    let mut keys = Vec::new();
-    let table = txn.open_table(KEYS)?;
+    let mut keys = Keys::default();
+    for (key, value) in keys_of(&txn.open_table(KEYS)?, vehicle)? {
+        keys.add(vehicle, &key, &value);
+    }
+    let record = txn.open_table(VEHICLES)?.get(vehicle)?;
+    if record.is_none() && keys.entries.is_empty() && keys.damage.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(stored(vehicle, record.as_ref().map(|r| r.value()), keys)))
+}
+
+/// A vehicle's unsealed keys, and the first damage found among them.
+#[derive(Default)]
+struct Keys {
+    entries: Vec<(Arc<str>, Bytes)>,
+    damage: Option<String>,
+}
+
+impl Keys {
+    fn add(&mut self, vehicle: &str, key: &str, row: &[u8]) {
+        match unseal(KEYS.name(), &[vehicle, key], row) {
+            Ok(value) => self.entries.push((Arc::from(key), Bytes::copy_from_slice(value))),
+            Err(why) => {
+                self.damage.get_or_insert(format!("idempotency key {key:?}: {why}"));
+            }
+        }
+    }
+}
+
+/// A vehicle's rows from its record row (`None`: it has none, which with
+/// keys is damage) and its keys.
+fn stored(vehicle: &str, record: Option<&[u8]>, keys: Keys) -> StoredRows {
+    let (record, damage) = match record.map(|row| unseal(VEHICLES.name(), &[vehicle], row)) {
+        Some(Ok(value)) => (Bytes::copy_from_slice(value), keys.damage),
+        Some(Err(why)) => (Bytes::new(), Some(why)),
+        None => (Bytes::new(), Some("idempotency keys but no vehicle record".into())),
+    };
+    StoredRows { vehicle: Arc::from(vehicle), record, keys: keys.entries, damage }
+}
+
+/// The key rows of one vehicle, as stored: (key, row).
+fn keys_of(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    vehicle: &str,
+) -> Result<Vec<(String, Vec<u8>)>, Fail> {
+    let mut out = Vec::new();
     for row in table.range((vehicle, "")..)? {
         let (k, v) = row?;
         let (owner, key) = k.value();
         if owner != vehicle {
             break;
         }
-        match unseal(KEYS_NAME, &[vehicle, key], v.value()) {
-            Ok(value) => keys.push((Arc::from(key), Bytes::copy_from_slice(value))),
-            Err(why) => damage = Some(format!("idempotency key {key:?}: {why}")),
-        }
+        out.push((key.to_string(), v.value().to_vec()));
     }
-    let record = txn.open_table(VEHICLES)?.get(vehicle)?;
-    let record = match record {
-        None if keys.is_empty() && damage.is_none() => return Ok(None),
-        None => {
-            damage.get_or_insert_with(|| "idempotency keys but no vehicle record".into());
-            Bytes::new()
-        }
-        Some(row) => match unseal(VEHICLES_NAME, &[vehicle], row.value()) {
-            Ok(value) => Bytes::copy_from_slice(value),
-            Err(why) => {
-                damage = Some(why);
-                Bytes::new()
-            }
-        },
-    };
-    Ok(Some(StoredRows { vehicle: Arc::from(vehicle), record, keys, damage }))
+    Ok(out)
 }
 
 /// Moves a vehicle's rows (as they are, sealed or not) into [`QUARANTINE`]
@@ -224,16 +230,7 @@ pub(super) fn load_one(txn: &ReadTransaction, vehicle: &str) -> Result<Option<St
 pub(super) fn quarantine(txn: &WriteTransaction, vehicle: &str, why: &str) -> Result<(), Fail> {
     let mut quarantine = txn.open_table(QUARANTINE)?;
     let mut keys = txn.open_table(KEYS)?;
-    let mut owned: Vec<(String, Vec<u8>)> = Vec::new();
-    for row in keys.range((vehicle, "")..)? {
-        let (k, v) = row?;
-        let (owner, key) = k.value();
-        if owner != vehicle {
-            break;
-        }
-        owned.push((key.to_string(), v.value().to_vec()));
-    }
-    for (key, value) in &owned {
+    for (key, value) in keys_of(&keys, vehicle)? {
         quarantine.insert((vehicle, format!("key:{key}").as_str()), value.as_slice())?;
         keys.remove((vehicle, key.as_str()))?;
     }
