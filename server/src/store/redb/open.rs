@@ -188,16 +188,15 @@ pub(super) struct Plan {
 /// acknowledged.
 pub(super) fn plan(scan: &Scan, checkpointed: u64) -> Plan {
     let mut plan = Plan::default();
-    if let Some((_, marker)) = scan.frames.first().filter(|(at, f)| *at == 0 && f.checkpoint)
-        && marker.seq > checkpointed
-    {
+    // What the last checkpoint made durable, as the log's marker says (0:
+    // no marker).
+    let marker = scan.frames.first().filter(|(at, f)| *at == 0 && f.checkpoint).map_or(0, |(_, f)| f.seq);
+    if marker > checkpointed {
         plan.loss = Some(format!(
-            "the log says a checkpoint made every commit up to {} durable in tether.redb, which holds only up to \
-             {checkpointed}: the database file went back in time (restored from an older copy, or repaired after \
-             damage), and commits {}..={} are lost",
-            marker.seq,
+            "the log says a checkpoint made every commit up to {marker} durable in tether.redb, which holds only up \
+             to {checkpointed}: the database file went back in time (restored from an older copy, or repaired after \
+             damage), and commits {}..={marker} are lost",
             checkpointed + 1,
-            marker.seq
         ));
     }
     let above: Vec<&(u64, Frame)> = scan.frames.iter().filter(|(_, f)| f.seq > checkpointed && !f.checkpoint).collect();
@@ -222,7 +221,6 @@ pub(super) fn plan(scan: &Scan, checkpointed: u64) -> Plan {
     }
     // Commits lost: every one from the first not replayed up to the last
     // found (the damaged or missing ones with the intact ones after them).
-    let marker = scan.frames.first().filter(|(at, f)| *at == 0 && f.checkpoint).map_or(0, |(_, f)| f.seq);
     let last_found = above.iter().map(|(_, f)| f.seq).chain([marker, checkpointed]).max().unwrap_or(checkpointed);
     plan.dropped = usize::try_from(last_found.saturating_sub(next - 1)).unwrap_or(usize::MAX);
     plan

@@ -126,16 +126,6 @@ impl Op {
     }
 }
 
-/// Whether the store takes writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum State {
-    Healthy,
-    /// The disk refused a write; retried.
-    Degraded(String),
-    /// Not retried.
-    Failed(String),
-}
-
 /// The one thread that writes.
 pub(super) struct Writer {
     shared: Arc<Shared>,
@@ -150,7 +140,8 @@ pub(super) struct Writer {
     wal_seq: u64,
     /// redb holds non-durable commits that no checkpoint has made durable.
     dirty: bool,
-    state: State,
+    /// Whether it takes writes (what the node's health is told).
+    state: StoreHealth,
     /// redb latched an I/O error: it must be reopened before it is used.
     redb_broken: bool,
     /// Frames logged and answered that redb has not taken yet: applied
@@ -186,7 +177,7 @@ impl Writer {
             wal,
             wal_seq: at.wal_seq,
             dirty: false,
-            state: State::Healthy,
+            state: StoreHealth::Healthy,
             redb_broken: false,
             unapplied: Vec::new(),
             unapplied_since: None,
@@ -265,7 +256,7 @@ impl Writer {
                 }
                 #[cfg(test)]
                 Op::Halt(done) => {
-                    self.state = State::Failed("halted".into());
+                    self.state = StoreHealth::Failed("halted".into());
                     let _ = done.send(());
                     return;
                 }
@@ -326,7 +317,7 @@ impl Writer {
             }
             // A vehicle's saves come in the order they were made: once one
             // made after its reload is here, none made before is left.
-            if self.state == State::Healthy {
+            if self.state == StoreHealth::Healthy {
                 for save in &fresh {
                     if save.record.is_some() {
                         self.min_epoch.remove(&save.vehicle);
@@ -336,7 +327,7 @@ impl Writer {
             batch = fresh;
         }
         let logged = match &self.state {
-            State::Healthy => self.log(&batch).map_err(|f| {
+            StoreHealth::Healthy => self.log(&batch).map_err(|f| {
                 tracing::error!(error = %f, saves = batch.len(), "store commit failed");
                 self.fail(f.clone());
                 StoreError::from(f)
@@ -361,9 +352,9 @@ impl Writer {
     /// Why saves are refused now.
     fn refusal(&self) -> StoreError {
         match &self.state {
-            State::Healthy => err("the store refused the save"),
-            State::Degraded(why) => err(format!("the disk refuses writes ({why}); retrying")),
-            State::Failed(why) => err(format!("the store failed ({why})")),
+            StoreHealth::Healthy => err("the store refused the save"),
+            StoreHealth::Degraded(why) => err(format!("the disk refuses writes ({why}); retrying")),
+            StoreHealth::Failed(why) => err(format!("the store failed ({why})")),
         }
     }
 
@@ -419,7 +410,7 @@ impl Writer {
     /// Notes a failure: degraded (and retried) when the disk may come back,
     /// failed for good otherwise; tells the node's health.
     fn fail(&mut self, f: Fail) {
-        let state = if f.transient { State::Degraded(f.msg.clone()) } else { State::Failed(f.msg.clone()) };
+        let state = if f.transient { StoreHealth::Degraded(f.msg.clone()) } else { StoreHealth::Failed(f.msg.clone()) };
         if f.transient && self.probe_at.is_none() {
             self.probe_at = Some(Instant::now() + PROBE_EVERY);
         }
@@ -427,7 +418,7 @@ impl Writer {
             return;
         }
         match &state {
-            State::Degraded(_) => {
+            StoreHealth::Degraded(_) => {
                 tracing::error!(error = %f, retry = ?PROBE_EVERY, "the store cannot write: writes are refused until it can");
                 self.probe_at = Some(Instant::now() + PROBE_EVERY);
             }
@@ -436,13 +427,13 @@ impl Writer {
                 self.probe_at = None;
             }
         }
-        let health = match &state {
-            State::Degraded(why) => StoreHealth::Degraded(why.clone()),
-            State::Failed(why) => StoreHealth::Failed(why.clone()),
-            State::Healthy => StoreHealth::Healthy,
-        };
-        self.state = state;
-        self.shared.health.send_replace(health);
+        self.set_state(state);
+    }
+
+    /// The store's health, kept and told to the node.
+    fn set_state(&mut self, state: StoreHealth) {
+        self.state = state.clone();
+        self.shared.health.send_replace(state);
     }
 
     /// Notes that redb failed: it is not used again before it is reopened,
@@ -510,7 +501,7 @@ impl Writer {
 
     /// When an idle checkpoint is due, if one is.
     fn checkpoint_at(&self) -> Option<Instant> {
-        (self.dirty && self.state == State::Healthy).then_some(self.last_op + CHECKPOINT_IDLE)
+        (self.dirty && self.state == StoreHealth::Healthy).then_some(self.last_op + CHECKPOINT_IDLE)
     }
 
     /// What a batch changes, as the next log frame.
@@ -570,7 +561,7 @@ impl Writer {
     /// Makes redb durable up to the last frame, then empties the log. A
     /// failure leaves the log as it was (still the durable copy).
     fn checkpoint(&mut self) {
-        if self.state != State::Healthy {
+        if self.state != StoreHealth::Healthy {
             return;
         }
         self.catch_up(usize::MAX);
@@ -624,8 +615,7 @@ impl Writer {
         match tried {
             Ok(()) => {
                 tracing::warn!("the store writes again; writes are accepted");
-                self.state = State::Healthy;
-                self.shared.health.send_replace(StoreHealth::Healthy);
+                self.set_state(StoreHealth::Healthy);
                 for vehicle in std::mem::take(&mut self.stale) {
                     let min = self.min_epoch.entry(vehicle.clone()).or_insert(0);
                     *min += 1;
@@ -691,7 +681,7 @@ impl Writer {
     /// Not logged: a crash before the next checkpoint only leaves them for
     /// the next sweep.
     fn prune(&mut self, before: u64, limit: usize) -> Result<usize, StoreError> {
-        if self.state != State::Healthy {
+        if self.state != StoreHealth::Healthy {
             return Err(self.refusal());
         }
         self.catch_up(usize::MAX);
