@@ -96,6 +96,51 @@ pub struct Config {
           default_value = "false", default_missing_value = "true")]
     pub recover_damaged_store: bool,
 
+    /// Run as a node of a cluster: keep vehicle records, idempotency keys and
+    /// audit records in NATS JetStream at these servers (comma-separated
+    /// `nats://host:port` or `tls://host:port`) instead of the embedded
+    /// store. Every node of one fleet names the same servers and stream.
+    #[arg(long = "cluster-nats", env = "TETHER_CLUSTER_NATS", value_delimiter = ',')]
+    pub cluster_nats: Vec<String>,
+
+    /// The JetStream stream of the fleet (created with the replicas below if
+    /// absent); its subjects are `<name in lower case>.>`.
+    #[arg(long, env = "TETHER_CLUSTER_STREAM", default_value = "TETHER")]
+    pub cluster_stream: String,
+
+    /// Replicas the stream must have: a write is acknowledged once a
+    /// majority of them stored it. Below 3 a lost disk loses writes.
+    #[arg(long, env = "TETHER_CLUSTER_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub cluster_replicas: u64,
+
+    /// This node's name in the cluster (unique; logs and metrics). Default:
+    /// a random name at each start.
+    #[arg(long, env = "TETHER_CLUSTER_NODE")]
+    pub cluster_node: Option<String>,
+
+    /// The CA (PEM) that signed the NATS servers' certificates: the link to
+    /// NATS is then TLS. Required for servers off loopback.
+    #[arg(long, env = "TETHER_CLUSTER_NATS_CA")]
+    pub cluster_nats_ca: Option<PathBuf>,
+
+    /// A NATS credentials file (user JWT and nkey seed) to authenticate with.
+    #[arg(long, env = "TETHER_CLUSTER_NATS_CREDS")]
+    pub cluster_nats_creds: Option<PathBuf>,
+
+    /// A NATS user to authenticate as (with `cluster_nats_password`).
+    #[arg(long, env = "TETHER_CLUSTER_NATS_USER")]
+    pub cluster_nats_user: Option<String>,
+
+    /// The NATS user's password; set it through the environment (redacted in
+    /// `--print-config`).
+    #[arg(long, env = "TETHER_CLUSTER_NATS_PASSWORD", hide_env_values = true)]
+    pub cluster_nats_password: Option<String>,
+
+    /// A NATS token to authenticate with; set it through the environment
+    /// (redacted in `--print-config`).
+    #[arg(long, env = "TETHER_CLUSTER_NATS_TOKEN", hide_env_values = true)]
+    pub cluster_nats_token: Option<String>,
+
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "TETHER_DATA_DIR", default_value = "tether-data")]
     pub data_dir: PathBuf,
@@ -312,6 +357,75 @@ pub struct Config {
     pub log_format: String,
 }
 
+impl Config {
+    /// The cluster's settings: a NATS link off loopback must be TLS and
+    /// authenticated, with one way to authenticate.
+    fn validate_cluster(&self) -> Result<(), String> {
+        if self.cluster_nats.is_empty() {
+            return Ok(());
+        }
+        let ways = [
+            self.cluster_nats_creds.is_some(),
+            self.cluster_nats_user.is_some() || self.cluster_nats_password.is_some(),
+            self.cluster_nats_token.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(
+                "cluster_nats_creds, cluster_nats_user/cluster_nats_password and cluster_nats_token are three \
+                        ways to authenticate to NATS: set one"
+                    .into(),
+            );
+        }
+        if self.cluster_nats_user.is_some() != self.cluster_nats_password.is_some() {
+            return Err("cluster_nats_user (--cluster-nats-user) and cluster_nats_password \
+                        (TETHER_CLUSTER_NATS_PASSWORD) go together"
+                .into());
+        }
+        if self.cluster_stream.is_empty()
+            || !self.cluster_stream.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(format!(
+                "cluster_stream (--cluster-stream) is `{}`: use letters, digits and _",
+                self.cluster_stream
+            ));
+        }
+        for server in &self.cluster_nats {
+            let host = nats_host(server)
+                .ok_or_else(|| format!("cluster_nats (--cluster-nats): `{server}` is not nats://host:port"))?;
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                continue;
+            }
+            if self.cluster_nats_ca.is_none() {
+                return Err(format!(
+                    "cluster_nats (--cluster-nats): {server} is off loopback: refusing a plaintext link to NATS. Set \
+                     cluster_nats_ca (--cluster-nats-ca) to the CA of the NATS servers' certificates"
+                ));
+            }
+            if !ways.iter().any(|w| *w) {
+                return Err(format!(
+                    "cluster_nats (--cluster-nats): {server} is off loopback: refusing an unauthenticated link to \
+                     NATS. Set cluster_nats_creds (--cluster-nats-creds), cluster_nats_user with \
+                     TETHER_CLUSTER_NATS_PASSWORD, or TETHER_CLUSTER_NATS_TOKEN"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host of a NATS URL (`nats://host:port`, `tls://host:port`, or
+/// `host:port`).
+fn nats_host(server: &str) -> Option<&str> {
+    let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.0,
+        None => rest.split(':').next()?,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config::parse_from(["tetherd"])
@@ -361,6 +475,7 @@ impl Config {
                  reaches the port with admin_allow_unauthenticated (--admin-allow-unauthenticated)"
             ));
         }
+        self.validate_cluster()?;
         if self.tls_cert.is_none() && !self.listen.ip().is_loopback() {
             return Err(format!(
                 "listen (--listen) is {}: refusing to serve plaintext off loopback. Set tls_cert, tls_key and \

@@ -19,8 +19,8 @@ pub use crate::router::Change;
 use crate::router::Router;
 use crate::stats::Stats;
 use crate::store::{
-    AuditEntry, Durable, DurableRows, OnCommit, Reload, ReloadHook, Store, StoreError, StoredRows, Urgency,
-    decode_record, encode_save,
+    AuditEntry, Claim, Durable, DurableRows, OnCommit, PresenceHook, Reload, ReloadCause, ReloadHook, RemotePresence,
+    Store, StoreError, StoredRows, Urgency, decode_record, encode_save,
 };
 use tether_proto::vehicle::v1::GoodbyeReason;
 
@@ -62,11 +62,23 @@ pub struct LiveSession {
     kick: Option<oneshot::Sender<Kick>>,
 }
 
+/// A vehicle's session on another node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSession {
+    /// The node holding it.
+    pub node: String,
+    /// Its id.
+    pub session: u64,
+}
+
 /// A vehicle's connection state and its snapshot flow control.
 #[derive(Debug, Default)]
 pub struct Presence {
     /// The live session, if any.
     pub live: Option<LiveSession>,
+    /// The live session on another node of the cluster, if any (then `live`
+    /// is `None`).
+    pub remote: Option<RemoteSession>,
     /// The live or last session's id.
     pub session_id: u64,
     /// When the live or last session started.
@@ -84,9 +96,9 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// Whether a session is live.
+    /// Whether a session is live, on this node or another.
     pub fn online(&self) -> bool {
-        self.live.is_some()
+        self.live.is_some() || self.remote.is_some()
     }
 
     /// Whether session `id` is the live one.
@@ -123,7 +135,7 @@ impl VehicleInner {
 
     /// Whether a desired-state change waits to be sent to the live session.
     pub fn snapshot_pending(&self) -> bool {
-        self.presence.online() && self.record.generation > self.presence.sent_generation
+        self.presence.live.is_some() && self.record.generation > self.presence.sent_generation
     }
 
     /// Whether session `session_id` may be sent a snapshot now: it is the
@@ -228,8 +240,17 @@ fn reload_hook(
     limits: KeyLimits,
 ) -> ReloadHook {
     Arc::new(move |reload: Reload| {
-        let Some(cell) = vehicles.read().unwrap_or_else(|p| p.into_inner()).get(&reload.vehicle).cloned() else {
-            return;
+        let known = vehicles.read().unwrap_or_else(|p| p.into_inner()).get(&reload.vehicle).cloned();
+        let cell = match known {
+            Some(cell) => cell,
+            // A vehicle another node created.
+            None if matches!(reload.rows, DurableRows::Known(Some(_))) => vehicles
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(reload.vehicle.clone())
+                .or_insert_with_key(|id| Arc::new(VehicleCell::new(id.clone(), VehicleRecord::default())))
+                .clone(),
+            None => return,
         };
         let mut inner = cell.lock();
         if inner.epoch >= reload.valid_from {
@@ -245,11 +266,16 @@ fn reload_hook(
                 };
                 match record {
                     Ok(record) => {
-                        tracing::warn!(
-                            vehicle = %cell.id,
-                            generation = record.generation,
-                            "the store refused a save: the vehicle is back to what is durable"
-                        );
+                        if reload.cause == ReloadCause::Refused {
+                            tracing::warn!(
+                                vehicle = %cell.id,
+                                generation = record.generation,
+                                "the store refused a save: the vehicle is back to what is durable"
+                            );
+                        }
+                        // What is durable is committed: a session may be
+                        // sent it (the commit also wakes every receiver).
+                        mark_committed(&cell.changes, record.generation);
                         inner.record = record;
                         inner.stale = false;
                         // An expiry the refused save had marked is due again.
@@ -269,6 +295,53 @@ fn reload_hook(
         v.desired += 1;
         v.actual += 1;
         v.status += 1;
+        drop(inner);
+        cell.notify();
+    })
+}
+
+/// What the store calls when another node's session of a vehicle starts
+/// (the session here, older, ends SUPERSEDED) or ends.
+fn presence_hook(vehicles: Vehicles, stats: Arc<Stats>) -> PresenceHook {
+    Arc::new(move |p: RemotePresence| {
+        let known = vehicles.read().unwrap_or_else(|e| e.into_inner()).get(&p.vehicle).cloned();
+        let cell = match known {
+            Some(cell) => cell,
+            None if p.online => vehicles
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(p.vehicle.clone())
+                .or_insert_with_key(|id| Arc::new(VehicleCell::new(id.clone(), VehicleRecord::default())))
+                .clone(),
+            None => return,
+        };
+        let mut inner = cell.lock();
+        let presence = &mut inner.presence;
+        if p.online {
+            if let Some(old) = presence.live.take() {
+                crate::stats::bump(&stats.sessions_superseded);
+                if let Some(kick) = old.kick {
+                    let _ = kick.send(Kick {
+                        reason: GoodbyeReason::Superseded,
+                        message: format!("session {} superseded by session {} on node {}", old.id, p.session, p.node),
+                    });
+                }
+            }
+            *presence = Presence {
+                remote: Some(RemoteSession { node: p.node, session: p.session }),
+                session_id: p.session,
+                connected_at: Some(p.connected_at),
+                last_seen: Some(p.last_seen),
+                agent_version: p.agent_version,
+                ..Presence::default()
+            };
+        } else if presence.remote.as_ref().is_some_and(|r| r.node == p.node && r.session == p.session) {
+            presence.remote = None;
+            presence.last_seen = Some(p.last_seen);
+        } else {
+            return;
+        }
+        inner.versions.presence += 1;
         drop(inner);
         cell.notify();
     })
@@ -340,7 +413,7 @@ impl Hub {
                     continue;
                 }
                 Err(why) => {
-                    return Err(StoreError(format!(
+                    return Err(StoreError::new(format!(
                         "the stored record of vehicle {id:?} is damaged ({why}). Keep a copy of the data directory; \
                          to start without it (its rows moved to a quarantine table), run once with \
                          --recover-damaged-store"
@@ -352,6 +425,7 @@ impl Hub {
             vehicles.insert(id, Arc::new(cell));
         }
         let vehicles: Vehicles = Arc::new(RwLock::new(vehicles));
+        store.on_presence(presence_hook(vehicles.clone(), stats.clone()));
         store.on_reload(reload_hook(vehicles.clone(), expiries.clone(), schema.clone(), key_limits));
         let epoch = u64::from(store.boot_epoch());
         Ok(Hub {
@@ -520,6 +594,7 @@ impl Hub {
             }
             *p = Presence {
                 live: Some(LiveSession { id, kick: Some(kick) }),
+                remote: None,
                 session_id: id,
                 connected_at: Some(now),
                 last_seen: Some(now),
@@ -531,6 +606,10 @@ impl Hub {
             (Ok(kicked), change)
         })
         .0
+        .inspect(|_| {
+            let claim = Claim { session: id, connected_at: now, agent_version: agent_version.to_string() };
+            self.store.claim(&cell.id, claim);
+        })
     }
 
     /// Ends session `id` if it is still the live one: presence never flips
@@ -542,6 +621,7 @@ impl Hub {
                 p.live = None;
                 p.last_seen = Some(now);
                 p.unacked = None;
+                self.store.release(&cell.id, id, now);
                 ((), Change { presence: true, ..Change::NONE })
             } else {
                 ((), Change::NONE)

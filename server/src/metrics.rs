@@ -33,6 +33,11 @@ pub fn render(hub: &Hub, tasks: &TaskTracker) -> String {
     out.gauge("tether_tasks", "Tasks of the node.", tasks.len() as u64);
     out.counter("tether_sessions_opened_total", "Vehicle sessions opened.", get(&s.sessions_opened));
     out.counter("tether_sessions_superseded_total", "Sessions replaced by a newer one.", get(&s.sessions_superseded));
+    out.counter(
+        "tether_cluster_conflicts_retried_total",
+        "Calls applied again because another node changed their vehicle first.",
+        get(&s.conflicts_retried),
+    );
     out.counter("tether_sessions_timed_out_total", "Sessions closed for heartbeat loss.", get(&s.sessions_timed_out));
     out.counter(
         "tether_heartbeat_misses_total",

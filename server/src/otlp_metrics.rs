@@ -167,6 +167,14 @@ fn register(meter: &Meter, hub: &Arc<Hub>, tasks: &TaskTracker) {
     counter(meter, "tether.sessions.superseded", "{session}", "Sessions replaced by a newer one.", s, |s| {
         &s.sessions_superseded
     });
+    counter(
+        meter,
+        "tether.cluster.conflicts_retried",
+        "{call}",
+        "Calls applied again because another node changed their vehicle first.",
+        s,
+        |s| &s.conflicts_retried,
+    );
     counter(meter, "tether.sessions.timed_out", "{session}", "Sessions closed for heartbeat loss.", s, |s| {
         &s.sessions_timed_out
     });

@@ -28,7 +28,7 @@ use crate::otlp_metrics::OtlpMetrics;
 use crate::router::LocalRouter;
 use crate::service::{AdminApi, ControlApi, VehicleApi};
 use crate::stats::Stats;
-use crate::store::{OpenOptions, RedbStore, Store, StoreHealth};
+use crate::store::{NatsOptions, NatsStore, OpenOptions, RedbStore, Store, StoreHealth};
 use crate::tls::TlsState;
 use crate::trace::{TraceLayer, Traces};
 use crate::transport::{CorsForBrowsers, OversizeAsResourceExhausted, TlsTermination, accept_loop};
@@ -58,6 +58,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// The node cannot join the cluster's store.
+    #[error("cannot join the cluster (--cluster-nats): {0}")]
+    Cluster(String),
     /// The reflection service cannot read the descriptor sets.
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
@@ -117,6 +120,47 @@ fn load_schema(config: &Config) -> Result<StateSchema, StartError> {
     StateSchema::from_descriptor_set(&bytes, &config.state_message).map_err(|e| schema_error(e.to_string()))
 }
 
+/// The embedded store in the data directory, or the cluster's stream.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    if config.cluster_nats.is_empty() {
+        let options = OpenOptions { recover_damaged_store: config.recover_damaged_store };
+        let store = RedbStore::open_with(&config.data_dir, options)
+            .map_err(|e| StartError::Store { dir: config.data_dir.display().to_string(), reason: e.reason })?;
+        return Ok(Arc::new(store));
+    }
+    let node = config.cluster_node.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+    let options = NatsOptions {
+        servers: config.cluster_nats.clone(),
+        stream: config.cluster_stream.clone(),
+        replicas: config.cluster_replicas as usize,
+        node,
+        key_ttl: config.idempotency_window + Duration::from_secs(60),
+        audit_ttl: config.audit_retention,
+        publish_deadline: Duration::from_secs(10),
+    };
+    let mut connect = async_nats::ConnectOptions::new().max_reconnects(None);
+    if let Some(ca) = &config.cluster_nats_ca {
+        connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some(creds) = &config.cluster_nats_creds {
+        connect = connect
+            .credentials_file(creds)
+            .await
+            .map_err(|e| StartError::Cluster(format!("cannot read --cluster-nats-creds {}: {e}", creds.display())))?;
+    }
+    if let (Some(user), Some(password)) = (&config.cluster_nats_user, &config.cluster_nats_password) {
+        connect = connect.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.cluster_nats_token {
+        connect = connect.token(token.clone());
+    }
+    // The first connection is bounded: a node that cannot reach NATS says so.
+    let connected = tokio::time::timeout(Duration::from_secs(30), NatsStore::connect(options, connect))
+        .await
+        .map_err(|_| StartError::Cluster(format!("no answer from {} within 30 s", config.cluster_nats.join(","))))?;
+    Ok(Arc::new(connected.map_err(|e| StartError::Cluster(e.reason))?))
+}
+
 /// Starts a node: validates the config, opens the store, binds, serves.
 pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     config.validate().map_err(StartError::Config)?;
@@ -136,16 +180,11 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let auth = Arc::new(authenticator(&config, secure)?);
     let admin_token =
         config.admin_token_file.as_deref().map(AdminToken::read).transpose().map_err(StartError::Admin)?;
-    let dir = config.data_dir.display().to_string();
-    let options = OpenOptions { recover_damaged_store: config.recover_damaged_store };
-    let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open_with(&config.data_dir, options)
-            .map_err(|e| StartError::Store { dir: dir.clone(), reason: e.0 })?,
-    );
+    let store = open_store(&config).await?;
     let key_limits = KeyLimits { window: config.idempotency_window, max: config.max_keys_per_vehicle };
     let stats = Arc::new(Stats::default());
     let hub = Hub::load(store, Arc::new(LocalRouter), schema, key_limits, stats.clone(), config.recover_damaged_store)
-        .map_err(|e| StartError::Store { dir, reason: e.0 })?;
+        .map_err(|e| StartError::Store { dir: config.data_dir.display().to_string(), reason: e.reason })?;
     let hub = Arc::new(hub);
     let listener = bind(config.listen).map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;

@@ -174,6 +174,9 @@ pub struct Stats {
     pub sessions_timed_out: AtomicU64,
     /// Sessions superseded since start.
     pub sessions_superseded: AtomicU64,
+    /// Calls applied again because another node changed their vehicle
+    /// first (cluster only).
+    pub conflicts_retried: AtomicU64,
     /// Connections refused at the connection cap since start.
     pub connections_refused: AtomicU64,
     /// TLS handshakes completed in full (certificates verified).

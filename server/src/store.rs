@@ -3,6 +3,7 @@
 //! interchangeable.
 
 mod codec;
+mod nats;
 mod redb;
 mod wal;
 
@@ -13,12 +14,32 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 pub use self::codec::{decode_record, encode_save};
+pub use self::nats::{NatsOptions, NatsStore};
 pub use self::redb::{OpenOptions, RedbStore};
 
 /// A storage failure. Callers see UNAVAILABLE; details go to the log only.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("storage: {0}")]
-pub struct StoreError(pub String);
+#[error("storage: {reason}")]
+pub struct StoreError {
+    /// What failed.
+    pub reason: String,
+    /// The save was refused because another node changed the vehicle first
+    /// (a compare-and-set on its record's revision failed): the vehicle was
+    /// reloaded with that change, and the call may be applied again on top.
+    pub conflict: bool,
+}
+
+impl StoreError {
+    /// A failure.
+    pub fn new(reason: impl Into<String>) -> Self {
+        StoreError { reason: reason.into(), conflict: false }
+    }
+
+    /// A save refused for a concurrent change elsewhere (see `conflict`).
+    pub fn conflict(reason: impl Into<String>) -> Self {
+        StoreError { reason: reason.into(), conflict: true }
+    }
+}
 
 /// Whether a store takes writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,17 +54,30 @@ pub enum StoreHealth {
     Failed(String),
 }
 
-/// A vehicle whose saves were refused: what is durable of it, for the hub to
-/// put in memory in place of what it had (which ran ahead of the disk).
+/// A vehicle whose saves were refused, or that another node changed: what
+/// is durable of it, for the hub to put in memory in place of what it had
+/// (which ran ahead of the disk, or behind the cluster).
 #[derive(Debug)]
 pub struct Reload {
     /// The vehicle.
     pub vehicle: Arc<str>,
+    /// Why it is reloaded.
+    pub cause: ReloadCause,
     /// Saves made with an epoch below this are refused: the hub takes it as
     /// the vehicle's epoch, so only saves made after the reload are taken.
     pub valid_from: u64,
     /// What the store holds of it, if it could read it now.
     pub rows: DurableRows,
+}
+
+/// Why a vehicle is reloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadCause {
+    /// The store refused a save of this node's (a full disk, a failed
+    /// commit, a conflict with another node's change).
+    Refused,
+    /// Another node committed a change of the vehicle.
+    Changed,
 }
 
 /// The durable rows of a vehicle, as far as the store can tell.
@@ -53,6 +87,41 @@ pub enum DurableRows {
     Known(Option<StoredRows>),
     /// The store cannot read now; a `Known` reload follows once it can.
     Unknown,
+}
+
+/// A vehicle's session on another node of the cluster, or its end, as the
+/// cluster's presence says (last claim wins; a close clears only its own
+/// claim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePresence {
+    /// The vehicle.
+    pub vehicle: Arc<str>,
+    /// The node holding (or that held) the session.
+    pub node: String,
+    /// Its session id.
+    pub session: u64,
+    /// Whether the session is live.
+    pub online: bool,
+    /// When it started.
+    pub connected_at: SystemTime,
+    /// When the vehicle was last heard from (its end, once closed).
+    pub last_seen: SystemTime,
+    /// The agent's version.
+    pub agent_version: String,
+}
+
+/// Called by the store for each [`RemotePresence`] change.
+pub type PresenceHook = Arc<dyn Fn(RemotePresence) + Send + Sync>;
+
+/// A session this node opened, claimed in the cluster's presence.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The session id.
+    pub session: u64,
+    /// When it started.
+    pub connected_at: SystemTime,
+    /// The agent's version.
+    pub agent_version: String,
 }
 
 /// Called by the store (on its writer) for each [`Reload`].
@@ -180,6 +249,26 @@ pub trait Store: Send + Sync + 'static {
     /// Moves a vehicle's damaged rows out of the way (kept, not deleted),
     /// so the node can start without it; durable when it returns.
     fn quarantine(&self, vehicle: &str, why: &str) -> Result<(), StoreError>;
+
+    /// Claims the vehicle's presence for a session of this node (in a
+    /// cluster: compare-and-set on the vehicle's presence, so the last claim
+    /// wins and the node of an older session ends it). Nothing on one node.
+    fn claim(&self, _vehicle: &Arc<str>, _claim: Claim) {}
+
+    /// Ends this node's claim for `session`, unless a newer claim replaced
+    /// it. Nothing on one node.
+    fn release(&self, _vehicle: &Arc<str>, _session: u64, _last_seen: SystemTime) {}
+
+    /// Sets what the store calls when another node's session of a vehicle
+    /// starts or ends. Set once; never called on one node.
+    fn on_presence(&self, _hook: PresenceHook) {}
+
+    /// Whether a save may be refused because another node changed the
+    /// vehicle first ([`StoreError::conflict`]): the caller then applies its
+    /// change again on top of the reloaded vehicle.
+    fn may_conflict(&self) -> bool {
+        false
+    }
 
     /// Makes every save so far durable and stops accepting saves.
     fn close(&self);

@@ -155,6 +155,105 @@ impl Drop for TestServer {
     }
 }
 
+/// Where a command-semantics test runs: one node on its embedded store, or
+/// three nodes of a cluster on NATS JetStream (in this process, on the
+/// binary's shared nats-server cluster, with a stream of the test's own).
+/// On a cluster the vehicle connects to one node, the app calls another and
+/// watches go to the third: every promise must hold across nodes.
+pub struct Deployment {
+    nodes: Vec<TestServer>,
+}
+
+impl Deployment {
+    /// One node.
+    pub async fn single() -> Self {
+        Self::single_with(|_| {}).await
+    }
+
+    /// One node, its config changed by `f`.
+    pub async fn single_with(f: impl FnOnce(&mut Config)) -> Self {
+        Deployment { nodes: vec![TestServer::start_with(f).await] }
+    }
+
+    /// Three cluster nodes.
+    pub async fn cluster() -> Self {
+        Self::cluster_with(|_| {}).await
+    }
+
+    /// Three cluster nodes, each config changed by `f`.
+    pub async fn cluster_with(f: impl Fn(&mut Config)) -> Self {
+        // TETHER_TEST_LOG=debug (a tracing filter) prints the nodes' logs.
+        if let Ok(filter) = std::env::var("TETHER_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
+        static STREAMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let urls = nats::shared();
+        let stream = format!("T{}_{}", std::process::id(), STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            nodes.push(
+                TestServer::start_with(|c| {
+                    c.cluster_nats = urls.split(',').map(String::from).collect();
+                    c.cluster_stream = stream.clone();
+                    c.cluster_node = Some(format!("node-{i}"));
+                    f(c);
+                })
+                .await,
+            );
+        }
+        Deployment { nodes }
+    }
+
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// The node vehicles connect to.
+    pub fn vehicle_node(&self) -> &TestServer {
+        &self.nodes[0]
+    }
+
+    /// The node apps write through.
+    pub fn app_node(&self) -> &TestServer {
+        &self.nodes[self.nodes.len() - 1]
+    }
+
+    /// The node watchers and readers use.
+    pub fn watch_node(&self) -> &TestServer {
+        &self.nodes[self.nodes.len() / 2]
+    }
+
+    /// Every node.
+    pub fn nodes(&self) -> &[TestServer] {
+        &self.nodes
+    }
+
+    /// A scratch directory that lives as long as the deployment.
+    pub fn dir(&self) -> &Path {
+        self.nodes[0].dir()
+    }
+}
+
+/// Declares a test body `async fn name(d: Deployment)` as two tests,
+/// `name::single` (one node) and `name::cluster` (three nodes on NATS).
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn single() {
+                super::$name($crate::Deployment::single().await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name($crate::Deployment::cluster().await).await
+            }
+        }
+    };
+}
+
 /// Connects to `url`.
 pub async fn channel(url: &str) -> Channel {
     Endpoint::from_shared(url.to_string())

@@ -48,6 +48,8 @@ pub struct NatsCluster {
     dir: tempfile::TempDir,
     ports: Vec<Ports>,
     nodes: Vec<Option<Child>>,
+    /// Nodes run under a shell that kills them when this process exits.
+    guarded: bool,
 }
 
 impl std::fmt::Debug for NatsCluster {
@@ -68,12 +70,16 @@ impl NatsCluster {
     /// Starts `nodes` nodes (1: a single JetStream server, no cluster) and
     /// waits until each reports JetStream healthy.
     pub async fn start(nodes: usize) -> Self {
+        Self::start_guarded(nodes, false).await
+    }
+
+    async fn start_guarded(nodes: usize, guarded: bool) -> Self {
         let binary = nats_server();
         for attempt in 1..=3 {
             let dir = tempfile::Builder::new().prefix("tether-nats-").tempdir().expect("tempdir");
             let ports: Vec<Ports> =
                 free_ports(nodes * 3).chunks(3).map(|p| Ports { client: p[0], cluster: p[1], monitor: p[2] }).collect();
-            let mut cluster = NatsCluster { binary: binary.clone(), dir, ports, nodes: Vec::new() };
+            let mut cluster = NatsCluster { binary: binary.clone(), dir, ports, nodes: Vec::new(), guarded };
             for i in 0..nodes {
                 let child = cluster.spawn(i);
                 cluster.nodes.push(Some(child));
@@ -117,15 +123,25 @@ impl NatsCluster {
             .append(true)
             .open(self.dir.path().join(format!("n{i}.log")))
             .expect("log file");
-        Command::new(&self.binary)
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server starts")
+        let mut command = if self.guarded {
+            // A node of the shared cluster outlives every test but not the
+            // test binary: a shell holds it and kills it once its stdin (a
+            // pipe from this process) closes, which the exit of this
+            // process does.
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg("\"$0\" -c \"$1\" & node=$!; while read -r _; do :; done; kill -9 $node")
+                .arg(&self.binary)
+                .arg(&config)
+                .stdin(Stdio::piped());
+            sh
+        } else {
+            let mut node = Command::new(&self.binary);
+            node.arg("-c").arg(&config).stdin(Stdio::null());
+            node
+        };
+        command.stdout(log.try_clone().expect("log")).stderr(log).kill_on_drop(true);
+        command.spawn().expect("nats-server starts")
     }
 
     /// Waits until every running node answers its health check with
@@ -210,4 +226,28 @@ async fn healthy(monitor: SocketAddr) -> bool {
         Some(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"))
     };
     tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten().unwrap_or(false)
+}
+
+/// One 3-node cluster shared by every test of this binary that does not kill
+/// its nodes (each test uses its own stream on it): started once, on a thread
+/// of its own that lives as long as the binary.
+pub fn shared() -> &'static str {
+    static URLS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URLS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("shared-nats".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                runtime.block_on(async move {
+                    let cluster = NatsCluster::start_guarded(3, true).await;
+                    tx.send(cluster.urls()).expect("the test waits");
+                    // Keeps the nodes (and this thread, their parent) alive.
+                    let _cluster = cluster;
+                    std::future::pending::<()>().await;
+                });
+            })
+            .expect("a thread");
+        rx.recv().expect("the shared nats cluster started")
+    })
 }

@@ -103,6 +103,7 @@ impl Agent {
     pub fn builder(endpoint: impl Into<String>, vehicle_id: impl Into<String>) -> AgentBuilder {
         AgentBuilder {
             endpoint: endpoint.into(),
+            more_endpoints: Vec::new(),
             vehicle_id: vehicle_id.into(),
             capabilities: Vec::new(),
             preconditions: HashMap::new(),
@@ -125,6 +126,7 @@ impl Agent {
 /// Configures and starts an [`Agent`].
 pub struct AgentBuilder {
     endpoint: String,
+    more_endpoints: Vec<String>,
     vehicle_id: String,
     capabilities: Vec<Box<dyn Capability>>,
     preconditions: HashMap<String, Vec<Precondition>>,
@@ -240,6 +242,14 @@ impl AgentBuilder {
         self
     }
 
+    /// Further endpoints of the same fleet (the nodes of a cluster): each
+    /// session connects to the first that answers, starting from the one that
+    /// answered last, so a vehicle whose node died reconnects to another.
+    pub fn endpoints(mut self, more: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.more_endpoints.extend(more.into_iter().map(Into::into));
+        self
+    }
+
     /// Connects over `channel` instead of dialing the endpoint, so many agents
     /// in one process can share one HTTP/2 connection.
     pub fn channel(mut self, channel: Channel) -> Self {
@@ -296,10 +306,16 @@ impl AgentBuilder {
         let connector = match (crate::ids::check_vehicle_id(&self.vehicle_id), self.channel) {
             (Err(problem), _) => Connector::Invalid(problem),
             (Ok(()), Some(channel)) => Connector::Channel(channel),
-            (Ok(()), None) => match crate::client::endpoint_with(self.endpoint, self.tls.as_ref()) {
-                Ok(endpoint) => Connector::Endpoint(Box::new(endpoint)),
-                Err(error) => Connector::Invalid(error.to_string()),
-            },
+            (Ok(()), None) => {
+                let endpoints: Result<Vec<_>, _> = std::iter::once(self.endpoint)
+                    .chain(self.more_endpoints)
+                    .map(|e| crate::client::endpoint_with(e, self.tls.as_ref()))
+                    .collect();
+                match endpoints {
+                    Ok(endpoints) => Connector::Endpoints(endpoints, Default::default()),
+                    Err(error) => Connector::Invalid(error.to_string()),
+                }
+            }
         };
         let store = match &connector {
             Connector::Invalid(_) => None,

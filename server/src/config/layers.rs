@@ -17,8 +17,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use super::Config;
 
 /// Keys whose values are secrets: `--print-config` shows them as
-/// `<redacted>`. None yet; a token or a header with credentials goes here.
-pub const SECRET_KEYS: &[&str] = &[];
+/// `<redacted>`.
+pub const SECRET_KEYS: &[&str] = &["cluster_nats_password", "cluster_nats_token"];
 
 /// Keys that steer loading itself and so cannot be set from the file.
 const NOT_IN_FILE: &[&str] = &["config", "print_config", "help", "version"];

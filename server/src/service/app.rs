@@ -20,9 +20,10 @@ use super::validate_vehicle_id;
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::core::{FieldOutcome, FieldStatus, Origin, Write, is_final};
-use crate::hub::{Change, Hub, VehicleCell, Versions};
+use crate::hub::{Change, Hub, VehicleCell, VehicleInner, Versions};
 use crate::limits::WriteLimits;
 use crate::stats::{Gauge, WriteOutcome};
+use crate::store::AuditEntry;
 
 /// The authenticated caller the auth layer put into the request.
 fn principal<T>(req: &Request<T>) -> Result<Arc<Principal>, ApiError> {
@@ -75,28 +76,27 @@ impl ControlApi {
             }
         };
         let limits = self.hub.key_limits;
-        let (result, durable) = self.hub.update_audited(&cell, |inner| {
-            let written = if req.require_online && !inner.presence.online() {
-                Err(ApiError::Offline(req.vehicle_id.clone()))
-            } else {
-                inner.record.write(write, now, limits).map_err(ApiError::from)
-            };
-            match written {
-                Ok(r) => {
-                    let change = Change { desired: r.changed, status: r.changed, ..Change::NONE };
-                    let entry = draft.accepted(r.generation, r.replayed);
-                    (Ok(r), change, Some(entry))
-                }
-                Err(e) => {
-                    let entry = draft.refused(&e);
-                    (Err(e), Change::NONE, Some(entry))
-                }
-            }
-        });
-        // A refusal's audit record is not waited for.
-        let result = result?;
         // ACCEPTED means on disk, with its audit record.
-        on_disk(durable).await?;
+        let result = self
+            .durably(&cell, |inner| {
+                let written = if req.require_online && !inner.presence.online() {
+                    Err(ApiError::Offline(req.vehicle_id.clone()))
+                } else {
+                    inner.record.write(write.clone(), now, limits).map_err(ApiError::from)
+                };
+                match written {
+                    Ok(r) => {
+                        let change = Change { desired: r.changed, status: r.changed, ..Change::NONE };
+                        let entry = draft.clone().accepted(r.generation, r.replayed);
+                        (Ok(r), change, Some(entry))
+                    }
+                    Err(e) => {
+                        let entry = draft.clone().refused(&e);
+                        (Err(e), Change::NONE, Some(entry))
+                    }
+                }
+            })
+            .await?;
         self.hub.stats.write(if result.replayed { WriteOutcome::Replayed } else { WriteOutcome::Accepted });
         let level = pb::WaitLevel::try_from(req.wait).unwrap_or(pb::WaitLevel::Unspecified);
         let outcomes = match level {
@@ -112,6 +112,33 @@ impl ControlApi {
             fields: outcomes.iter().map(convert::outcome).collect(),
             replayed: result.replayed,
         })
+    }
+
+    /// Applies an app's call to a vehicle and waits until it is durable. A
+    /// refusal is answered at once (its audit record is not waited for). A
+    /// save refused because another node changed the vehicle first (the
+    /// vehicle was reloaded with that change) is applied again on top, up to
+    /// [`CONFLICT_RETRIES`] times: concurrent writers on different nodes are
+    /// ordered, and a retry of a write another node took replays it.
+    async fn durably<R>(
+        &self,
+        cell: &VehicleCell,
+        mut f: impl FnMut(&mut VehicleInner) -> (Result<R, ApiError>, Change, Option<AuditEntry>),
+    ) -> Result<R, ApiError> {
+        let mut conflicts = 0;
+        loop {
+            let (result, durable) = self.hub.update_audited(cell, &mut f);
+            let result = result?;
+            match on_disk(durable).await {
+                Ok(()) => return Ok(result),
+                Err(ApiError::Store(e)) if e.conflict && conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    crate::stats::bump(&self.hub.stats.conflicts_retried);
+                    tracing::debug!(vehicle = %cell.id, conflicts, "applied again after a conflict");
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Everything a write is checked for before it reaches the vehicle's
@@ -289,15 +316,16 @@ impl ControlApi {
             }
         };
         let now = SystemTime::now();
-        let ((cancelled, generation), durable) = self.hub.update_audited(&cell, |inner| {
-            let cancelled = inner.record.cancel((!paths.is_empty()).then_some(&paths[..]), now);
-            let changed = !cancelled.is_empty();
-            let entry = draft.accepted(inner.record.generation, false);
-            let change = Change { desired: changed, status: changed, ..Change::NONE };
-            ((cancelled, inner.record.generation), change, Some(entry))
-        });
         // As for a write: the answer means the cancel and its audit record are on disk.
-        on_disk(durable).await?;
+        let (cancelled, generation) = self
+            .durably(&cell, |inner| {
+                let cancelled = inner.record.cancel((!paths.is_empty()).then_some(&paths[..]), now);
+                let changed = !cancelled.is_empty();
+                let entry = draft.clone().accepted(inner.record.generation, false);
+                let change = Change { desired: changed, status: changed, ..Change::NONE };
+                (Ok((cancelled, inner.record.generation)), change, Some(entry))
+            })
+            .await?;
         Ok(pb::CancelDesiredResponse { generation, cancelled: cancelled.iter().map(convert::outcome).collect() })
     }
 
@@ -519,7 +547,7 @@ impl ControlService for ControlApi {
 /// A vehicle whose record the store must reload before it is shown: the
 /// store refused a save and cannot read back what is durable yet.
 fn stale(vehicle: &str) -> ApiError {
-    ApiError::Store(crate::store::StoreError(format!(
+    ApiError::Store(crate::store::StoreError::new(format!(
         "vehicle {vehicle:?}: the store refused a save and cannot read back what is durable yet"
     )))
 }
@@ -545,10 +573,14 @@ fn change_kinds(last: Option<Versions>, now: Versions) -> Vec<i32> {
     all.iter().zip(diffs).filter(|(_, d)| *d).map(|(k, _)| *k as i32).collect()
 }
 
+/// How many times a call is applied again after conflicts with other nodes
+/// before it is answered UNAVAILABLE.
+const CONFLICT_RETRIES: u32 = 16;
+
 /// Waits until a save (if any) is durable.
 async fn on_disk(durable: Option<crate::store::Durable>) -> Result<(), ApiError> {
     if let Some(durable) = durable {
-        durable.await.map_err(|_| crate::store::StoreError("the store stopped".into()))??;
+        durable.await.map_err(|_| crate::store::StoreError::new("the store stopped"))??;
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use crate::store::AuditEntry;
 const PAGE_TOKEN_PREFIX: &str = "before:";
 
 /// A record being written for one call: what was asked, before the outcome.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct AuditDraft {
     record: pb::AuditRecord,
 }
@@ -116,7 +116,7 @@ pub(crate) async fn page(
     let vehicle_id = vehicle.to_string();
     let rows = tokio::task::spawn_blocking(move || store.audit_page(&vehicle_id, before, size + 1))
         .await
-        .map_err(|e| crate::store::StoreError(format!("audit read task: {e}")))??;
+        .map_err(|e| crate::store::StoreError::new(format!("audit read task: {e}")))??;
     let more = rows.len() > size;
     let mut records = Vec::with_capacity(rows.len().min(size));
     let mut last = None;

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use futures::StreamExt;
 use opentelemetry::KeyValue;
 use rand::Rng;
 use tether_proto::vehicle::v1::vehicle_service_server::VehicleService;
@@ -32,6 +33,7 @@ use crate::config::Config;
 use crate::core::{FieldReport, FieldStatus};
 use crate::hub::{Change, Hub, VehicleCell};
 use crate::stats::{self, Gauge, HandshakeFailure};
+use crate::store::Durable;
 use crate::tls::{PeerIdentity, Revoked};
 use crate::trace::Traces;
 
@@ -331,6 +333,11 @@ impl Session {
         let is_revoked = |set: &Revoked| serial.as_ref().is_some_and(|s| set.contains(s));
         let mut last_heard = Instant::now();
         let mut sequence = 0u64;
+        // A cluster's store may refuse an acknowledgement's or a report's save
+        // because another node changed the vehicle first: those messages are
+        // kept until their save is durable.
+        let conflicts = self.api.hub.store().may_conflict();
+        let mut redo = futures::stream::FuturesUnordered::new();
         loop {
             self.send_snapshot_if_due(cell, session_id, tx);
             tokio::select! {
@@ -363,13 +370,27 @@ impl Session {
                 msg = inbound.message() => match msg {
                     Ok(Some(msg)) => {
                         last_heard = Instant::now();
-                        if let Err(end) = self.handle(cell, session_id, msg) {
-                            return end;
+                        let again = conflicts.then(|| msg.clone());
+                        match self.handle(cell, session_id, msg, false) {
+                            Err(end) => return end,
+                            Ok(durable) => redo.extend(durable.zip(again).map(|(d, m)| saved(d, m))),
                         }
                     }
                     Ok(None) => return End::Quiet,
                     Err(status) => return inbound_error(status),
                 },
+                Some((outcome, msg)) = redo.next(), if !redo.is_empty() => {
+                    // Another node changed the vehicle before this message's
+                    // save: the vehicle was reloaded, and the message is
+                    // applied again on top of what is durable.
+                    if matches!(outcome, Ok(Err(e)) if e.conflict) {
+                        let again = msg.clone();
+                        match self.handle(cell, session_id, msg, true) {
+                            Err(end) => return end,
+                            Ok(durable) => redo.extend(durable.map(|d| saved(d, again))),
+                        }
+                    }
+                }
                 _ = changes.changed() => {}
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() >= config.heartbeat_interval {
@@ -451,17 +472,27 @@ impl Session {
         let _ = tx.try_send(ok(ServerMessage { kind: Some(server_message::Kind::Desired(desired)) }));
     }
 
-    fn handle(&self, cell: &VehicleCell, session_id: u64, msg: VehicleMessage) -> Result<(), End> {
+    /// Applies one message of the vehicle; `again` when it is applied a
+    /// second time after a conflict. Returns the durability of its save, if
+    /// it made one.
+    fn handle(
+        &self,
+        cell: &VehicleCell,
+        session_id: u64,
+        msg: VehicleMessage,
+        again: bool,
+    ) -> Result<Option<Durable>, End> {
         let hub = &self.api.hub;
         let now = SystemTime::now();
         let kind = msg.kind.ok_or_else(|| protocol("empty VehicleMessage"))?;
         match kind {
-            vehicle_message::Kind::Hello(_) => return Err(protocol("Hello may only be the first message")),
+            vehicle_message::Kind::Hello(_) => Err(protocol("Hello may only be the first message")),
             vehicle_message::Kind::Heartbeat(_) => {
                 cell.lock().presence.last_seen = Some(now);
+                Ok(None)
             }
             vehicle_message::Kind::Ack(ack) => {
-                hub.update(cell, |inner| {
+                let (_, durable) = hub.update(cell, |inner| {
                     inner.presence.last_seen = Some(now);
                     if !inner.presence.is_live(session_id) {
                         return ((), Change::NONE);
@@ -472,33 +503,38 @@ impl Session {
                     let changed = inner.record.acknowledge(ack.generation.min(inner.presence.sent_generation));
                     ((), Change { status: changed, ..Change::NONE })
                 });
+                Ok(durable)
             }
             vehicle_message::Kind::Report(report) => {
                 let actual =
                     read_actual(hub, report.actual.as_ref()).map_err(|e| protocol(format!("Report.actual: {e}")))?;
                 let results = read_results(hub, report.results);
                 let traced = self.api.traces.exporting().then(|| results.clone());
-                let origins = hub
-                    .update(cell, |inner| {
-                        inner.presence.last_seen = Some(now);
-                        let had_actual = !actual.is_empty();
-                        // The trace context of each reported value, looked up
-                        // before the report settles it (only when exporting).
-                        let origins: Vec<String> = traced.iter().flatten().map(|r| origin_of(inner, r)).collect();
-                        // A report about the unacknowledged snapshot (or a later
-                        // generation) acknowledges it too: a vehicle that applies
-                        // at once may send the Report alone.
-                        let acked = match inner.presence.unacked {
-                            Some(g) if g <= report.observed_generation && inner.presence.is_live(session_id) => {
-                                inner.presence.unacked = None;
-                                inner.record.acknowledge(g.min(inner.presence.sent_generation))
-                            }
-                            _ => false,
-                        };
-                        let changed = acked | inner.record.report(report.observed_generation, actual, results);
-                        (origins, Change { actual: had_actual, status: changed, ..Change::NONE })
-                    })
-                    .0;
+                let (origins, durable) = hub.update(cell, |inner| {
+                    inner.presence.last_seen = Some(now);
+                    let had_actual = !actual.is_empty();
+                    // The trace context of each reported value, looked up
+                    // before the report settles it (only when exporting).
+                    let origins: Vec<String> = traced.iter().flatten().map(|r| origin_of(inner, r)).collect();
+                    // A report about the unacknowledged snapshot (or a later
+                    // generation) acknowledges it too: a vehicle that applies
+                    // at once may send the Report alone.
+                    let live = inner.presence.is_live(session_id);
+                    let acked = match inner.presence.unacked {
+                        Some(g) if g <= report.observed_generation && live => {
+                            inner.presence.unacked = None;
+                            inner.record.acknowledge(g.min(inner.presence.sent_generation))
+                        }
+                        // Applied again: the acknowledgement the first time
+                        // made may be gone with the reload.
+                        _ if again && live => {
+                            inner.record.acknowledge(report.observed_generation.min(inner.presence.sent_generation))
+                        }
+                        _ => false,
+                    };
+                    let changed = acked | inner.record.report(report.observed_generation, actual, results);
+                    (origins, Change { actual: had_actual, status: changed, ..Change::NONE })
+                });
                 for (result, traceparent) in traced.iter().flatten().zip(&origins) {
                     self.api.traces.field_span(
                         "tetherd.field_result",
@@ -513,9 +549,9 @@ impl Session {
                         ],
                     );
                 }
+                Ok(durable)
             }
         }
-        Ok(())
     }
 }
 
@@ -529,6 +565,15 @@ fn origin_of(inner: &crate::hub::VehicleInner, result: &FieldReport) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// A message with the outcome of its save, once the save is durable or
+/// refused.
+async fn saved(
+    durable: Durable,
+    msg: VehicleMessage,
+) -> (Result<Result<(), crate::store::StoreError>, tokio::sync::oneshot::error::RecvError>, VehicleMessage) {
+    (durable.await, msg)
 }
 
 /// The session's end as an event: superseded, heartbeat lost, another

@@ -79,13 +79,13 @@ impl std::fmt::Display for Fail {
 
 impl From<Fail> for StoreError {
     fn from(f: Fail) -> Self {
-        StoreError(f.msg)
+        StoreError::new(f.msg)
     }
 }
 
 impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Self {
-        Fail::permanent(e.0)
+        Fail::permanent(e.reason)
     }
 }
 
@@ -129,7 +129,7 @@ redb_errors!(
 );
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::new(e.to_string())
 }
 
 /// What the writer shares with readers and the store's handle.

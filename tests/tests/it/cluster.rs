@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use tether_tests::BOUND;
+use futures::StreamExt;
+use tether_sdk::{Agent, AgentEvent, Client, FieldStatus, Patch, RecordingCapability, WaitLevel, Window};
 use tether_tests::nats::NatsCluster;
+use tether_tests::{BOUND, Deployment, eventually};
 
 /// The stream the checks use, replicated on all three nodes.
 async fn stream(js: &jetstream::Context) -> stream::Stream {
@@ -153,4 +155,47 @@ async fn cluster_jetstream_keeps_atomic_compare_and_set_batches_through_a_leader
     })
     .await
     .expect("the restarted node is current again");
+}
+
+/// Failure behaviour 1: the vehicle holds its session on one node, the app
+/// writes through a second and waits for APPLIED, a watcher on the third
+/// sees the write and its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_write_on_one_node_is_applied_by_a_vehicle_on_another_and_watched_on_a_third() {
+    let d = Deployment::cluster().await;
+    let windows = RecordingCapability::new("windows");
+    let applied = windows.applied();
+    let agent =
+        Agent::builder(d.vehicle_node().url(), "car-x").capability(windows).default_rate_limit(Duration::ZERO).spawn();
+    let mut events = agent.events();
+    crate::command_path::event(&mut events, |e| matches!(e, AgentEvent::Connected { .. })).await;
+
+    let watcher = Client::connect(d.watch_node().url()).await.unwrap();
+    let app = Client::connect(d.app_node().url()).await.unwrap().with_debounce(Duration::ZERO);
+    // The watch opens once the vehicle is known on the watcher's node.
+    let vehicle =
+        eventually("the vehicle is known on every node", BOUND, || async { watcher.get_vehicle("car-x").await.ok() })
+            .await;
+    let mut watch = watcher.watch("car-x", vehicle.generation).await.unwrap();
+
+    let out = app.set_desired("car-x", Patch::new().window(Window::FrontLeft, 40)).wait(WaitLevel::Applied).await;
+    let out = out.expect("APPLIED across nodes");
+    assert_eq!(out.fields[0].status, FieldStatus::Applied);
+    assert_eq!(applied.lock().unwrap().len(), 1, "applied once");
+
+    let seen = tokio::time::timeout(BOUND, async {
+        loop {
+            let event = watch.next().await.expect("the watch goes on").expect("no error");
+            let v = event.vehicle.expect("a vehicle");
+            let applied_here =
+                v.fields.iter().any(|f| f.path == "windows.front_left" && f.status == FieldStatus::Applied as i32);
+            if v.generation >= out.generation && applied_here {
+                return v.generation;
+            }
+        }
+    })
+    .await
+    .expect("the watcher on the third node sees the write applied");
+    assert_eq!(seen, out.generation);
+    agent.shutdown().await;
 }

@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use tether_sdk::{Agent, AgentEvent, Client, FieldStatus, Patch, RecordingCapability, WaitLevel, Window};
-use tether_tests::{BOUND, TestServer, eventually};
+use tether_tests::{BOUND, Deployment, eventually, on_both};
 
 use crate::command_path::event;
 
-#[tokio::test]
-async fn the_server_never_delivers_an_expired_field() {
-    let server = TestServer::start().await;
-    let client = Client::connect(server.url()).await.unwrap();
+on_both!(the_server_never_delivers_an_expired_field);
+async fn the_server_never_delivers_an_expired_field(d: Deployment) {
+    let client = Client::connect(d.app_node().url()).await.unwrap();
     let out = client
         .set_desired("car-e", Patch::new().window(Window::FrontLeft, 100))
         .ttl(Duration::from_millis(300))
@@ -26,7 +25,7 @@ async fn the_server_never_delivers_an_expired_field() {
 
     let windows = RecordingCapability::new("windows");
     let applied = windows.applied();
-    let agent = Agent::builder(server.url(), "car-e").capability(windows).spawn();
+    let agent = Agent::builder(d.vehicle_node().url(), "car-e").capability(windows).spawn();
     let mut events = agent.events();
     event(&mut events, |e| matches!(e, AgentEvent::Connected { .. })).await;
     // A live write proves the session works, and only it is applied.
@@ -41,14 +40,13 @@ async fn the_server_never_delivers_an_expired_field() {
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_agent_refuses_a_field_that_arrives_expired() {
-    let server = TestServer::start().await;
-    let client = Client::connect(server.url()).await.unwrap();
+on_both!(the_agent_refuses_a_field_that_arrives_expired);
+async fn the_agent_refuses_a_field_that_arrives_expired(d: Deployment) {
+    let client = Client::connect(d.app_node().url()).await.unwrap();
     // The vehicle's clock runs two minutes ahead; allowance 2 s.
     let windows = RecordingCapability::new("windows");
     let applied = windows.applied();
-    let agent = Agent::builder(server.url(), "car-skew")
+    let agent = Agent::builder(d.vehicle_node().url(), "car-skew")
         .capability(windows)
         .clock_offset(Duration::from_secs(120).as_millis() as i64)
         .skew_allowance(Duration::from_secs(2))

@@ -5,15 +5,14 @@ use std::time::{Duration, Instant};
 
 use tether_proto::app::v1::GetVehicleRequest;
 use tether_proto::common::v1::FieldStatus;
-use tether_tests::TestServer;
+use tether_tests::{Deployment, on_both};
 use tonic::Code;
 
 use crate::{set, window};
 
-#[tokio::test]
-async fn a_retry_with_the_same_key_replays_and_a_different_patch_under_it_is_refused() {
-    let server = TestServer::start().await;
-    let mut app = server.app().await;
+on_both!(a_retry_with_the_same_key_replays_and_a_different_patch_under_it_is_refused);
+async fn a_retry_with_the_same_key_replays_and_a_different_patch_under_it_is_refused(d: Deployment) {
+    let mut app = d.app_node().app().await;
     let first = app.set_desired(set("car-1", "key-a", window(40))).await.unwrap().into_inner();
     assert_eq!(first.generation, 1);
     assert!(!first.replayed);
@@ -32,10 +31,9 @@ async fn a_retry_with_the_same_key_replays_and_a_different_patch_under_it_is_ref
     assert_eq!(vehicle.generation, 1, "the refused write changed nothing");
 }
 
-#[tokio::test]
-async fn a_wrong_expected_generation_is_aborted_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut app = server.app().await;
+on_both!(a_wrong_expected_generation_is_aborted_and_changes_nothing);
+async fn a_wrong_expected_generation_is_aborted_and_changes_nothing(d: Deployment) {
+    let mut app = d.app_node().app().await;
     app.set_desired(set("car-2", "k1", window(10))).await.unwrap();
     let mut req = set("car-2", "k2", window(90));
     req.expected_generation = Some(5);
@@ -52,10 +50,9 @@ async fn a_wrong_expected_generation_is_aborted_and_changes_nothing() {
     assert_eq!(app.set_desired(req).await.unwrap().into_inner().generation, 2);
 }
 
-#[tokio::test]
-async fn require_online_to_an_offline_vehicle_fails_fast_and_changes_nothing() {
-    let server = TestServer::start().await;
-    let mut app = server.app().await;
+on_both!(require_online_to_an_offline_vehicle_fails_fast_and_changes_nothing);
+async fn require_online_to_an_offline_vehicle_fails_fast_and_changes_nothing(d: Deployment) {
+    let mut app = d.app_node().app().await;
     // Known but offline, and never seen: both fail fast.
     app.set_desired(set("car-3", "k1", window(10))).await.unwrap();
     for vehicle in ["car-3", "never-seen"] {

@@ -3,6 +3,7 @@
 //! server's hint), until the agent is stopped or superseded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -26,8 +27,10 @@ const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Where sessions get their channel.
 #[derive(Debug)]
 pub(crate) enum Connector {
-    /// A fresh connection per session (a dead link is never reused).
-    Endpoint(Box<Endpoint>),
+    /// A fresh connection per session (a dead link is never reused) to the
+    /// first endpoint that answers, from the one that answered last: the
+    /// nodes of a cluster, any of which serves the vehicle.
+    Endpoints(Vec<Endpoint>, AtomicUsize),
     /// A channel shared with other agents of the process.
     Channel(Channel),
     /// The configuration is unusable; the message says why.
@@ -133,14 +136,26 @@ impl Supervisor {
 async fn connect(connector: &Connector) -> Result<Channel, String> {
     match connector {
         Connector::Channel(channel) => Ok(channel.clone()),
-        Connector::Endpoint(endpoint) => match crate::client::connect_bounded(endpoint).await {
-            Ok(channel) => Ok(channel),
-            Err(ConnectError::Transport(e)) => Err(format!("cannot connect to tetherd: {}", chain(&e))),
-            Err(ConnectError::TimedOut) => Err(format!(
-                "cannot connect to tetherd: no TCP, TLS and HTTP/2 handshake within {:?}",
-                crate::client::CONNECT_BOUND
-            )),
-        },
+        Connector::Endpoints(endpoints, last) => {
+            let first = last.load(Ordering::Relaxed);
+            let mut errors = Vec::new();
+            for i in (0..endpoints.len()).map(|n| (first + n) % endpoints.len()) {
+                let endpoint = &endpoints[i];
+                match crate::client::connect_bounded(endpoint).await {
+                    Ok(channel) => {
+                        last.store(i, Ordering::Relaxed);
+                        return Ok(channel);
+                    }
+                    Err(ConnectError::Transport(e)) => errors.push(format!("{}: {}", endpoint.uri(), chain(&e))),
+                    Err(ConnectError::TimedOut) => errors.push(format!(
+                        "{}: no TCP, TLS and HTTP/2 handshake within {:?}",
+                        endpoint.uri(),
+                        crate::client::CONNECT_BOUND
+                    )),
+                }
+            }
+            Err(format!("cannot connect to tetherd: {}", errors.join("; ")))
+        }
         Connector::Invalid(problem) => Err(problem.clone()),
     }
 }

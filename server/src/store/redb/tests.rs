@@ -449,7 +449,7 @@ async fn a_save_the_disk_refuses_reloads_its_vehicle_and_writes_resume_by_themse
     // stored, and the vehicle is handed back as it is durable.
     store.send(Op::FailAppends { count: 1, errno: libc::ENOSPC });
     let refused = store.save("car-1".into(), with_epoch(b"two", "k2", 0), None).await.unwrap();
-    assert!(refused.unwrap_err().0.contains("No space left"));
+    assert!(refused.unwrap_err().reason.contains("No space left"));
     assert!(matches!(*store.health().borrow(), StoreHealth::Degraded(_)));
     {
         let reloads = reloads.lock().unwrap();
@@ -465,7 +465,7 @@ async fn a_save_the_disk_refuses_reloads_its_vehicle_and_writes_resume_by_themse
     health_becomes(&store, |h| *h == StoreHealth::Healthy).await;
     // A save made before the reload is refused; one made after is taken.
     let stale = store.save("car-1".into(), with_epoch(b"stale", "k3", 0), None).await.unwrap();
-    assert!(stale.unwrap_err().0.contains("refused"), "made before the reload");
+    assert!(stale.unwrap_err().reason.contains("refused"), "made before the reload");
     store.save("car-1".into(), with_epoch(b"three", "k4", 1), None).await.unwrap().unwrap();
     store.close();
     drop(store);

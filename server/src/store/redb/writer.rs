@@ -27,7 +27,7 @@ use super::open::{self, Recovered, io_fail};
 use super::rows::{self, AUDIT, AUDIT_AGE};
 use super::{Fail, OpenOptions, Shared, err};
 use crate::store::wal::{AuditRow, Frame, KeyRow, RecordRow, Wal};
-use crate::store::{AuditEntry, DurableRows, RecordSave, Reload, StoreError, StoreHealth, Urgency};
+use crate::store::{AuditEntry, DurableRows, RecordSave, Reload, ReloadCause, StoreError, StoreHealth, Urgency};
 
 /// The log size at which the writer checkpoints: it bounds the log on disk,
 /// the replay at start-up, and how long one checkpoint holds the writer.
@@ -389,7 +389,7 @@ impl Writer {
         } else {
             self.stale.remove(&vehicle);
         }
-        super::reload(&self.shared, Reload { vehicle, valid_from, rows });
+        super::reload(&self.shared, Reload { vehicle, cause: ReloadCause::Refused, valid_from, rows });
     }
 
     fn durable_rows(&mut self, vehicle: &str) -> DurableRows {
