@@ -114,6 +114,11 @@ impl TestServer {
         stats.handshake_failures[i].load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Calls the node applied again after a conflict with another node.
+    pub fn conflicts_retried(&self) -> u64 {
+        self.handle.as_ref().expect("running").hub().stats.conflicts_retried.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Times the node reloaded its TLS files so far.
     pub fn tls_reloads(&self) -> u64 {
         self.handle.as_ref().expect("running").hub().stats.tls_reloads.load(std::sync::atomic::Ordering::Relaxed)

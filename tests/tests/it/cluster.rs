@@ -11,9 +11,12 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
+use tether_proto::app::v1::GetVehicleRequest;
+use tether_proto::app::v1::control_service_client::ControlServiceClient;
+use tether_proto::vehicle::v1::{GoodbyeReason, server_message};
 use tether_sdk::{Agent, AgentEvent, Client, FieldStatus, Patch, RecordingCapability, WaitLevel, Window};
 use tether_tests::nats::NatsCluster;
-use tether_tests::{BOUND, Deployment, eventually};
+use tether_tests::{BOUND, Deployment, RawVehicle, eventually};
 
 /// The stream the checks use, replicated on all three nodes.
 async fn stream(js: &jetstream::Context) -> stream::Stream {
@@ -198,4 +201,108 @@ async fn cluster_a_write_on_one_node_is_applied_by_a_vehicle_on_another_and_watc
     .expect("the watcher on the third node sees the write applied");
     assert_eq!(seen, out.generation);
     agent.shutdown().await;
+}
+
+/// Failure behaviour 4: a vehicle that reconnects to another node supersedes
+/// its session on the first (Goodbye SUPERSEDED there), presence on a third
+/// node follows the newer session, and the old session's end never flips it
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_reconnect_to_another_node_supersedes_the_session_on_the_first() {
+    let d = Deployment::cluster_with(|c| c.heartbeat_interval = Duration::from_secs(30)).await;
+    let [a, b, c] = d.nodes() else { panic!("three nodes") };
+    let (mut first, w1) = RawVehicle::connect(a.channel().await, "car-hop", 0).await;
+    let mut app = ControlServiceClient::new(c.channel().await);
+    let presence = |app: ControlServiceClient<tonic::transport::Channel>| async move {
+        let v = app.clone().get_vehicle(GetVehicleRequest { vehicle_id: "car-hop".into() }).await.ok()?;
+        v.into_inner().presence
+    };
+    eventually("online on the third node", BOUND, || async {
+        presence(app.clone()).await.filter(|p| p.online && p.session_id == w1.session_id)
+    })
+    .await;
+
+    let (mut second, w2) = RawVehicle::connect(b.channel().await, "car-hop", 0).await;
+    match tokio::time::timeout(BOUND, first.next_non_heartbeat()).await.expect("a goodbye in time") {
+        Some(server_message::Kind::Goodbye(g)) => {
+            assert_eq!(g.reason, GoodbyeReason::Superseded as i32);
+            assert!(g.message.contains("superseded"), "{}", g.message);
+        }
+        other => panic!("expected a goodbye, got {other:?}"),
+    }
+    assert!(first.next_non_heartbeat().await.is_none(), "the old stream is closed");
+    drop(first);
+    eventually("the newer session is the vehicle's presence", BOUND, || async {
+        presence(app.clone()).await.filter(|p| p.online && p.session_id == w2.session_id)
+    })
+    .await;
+    // The old session's end (on node A) never flips presence back: the newer
+    // session lives on, and every node says so.
+    second.heartbeat(1).await;
+    assert!(matches!(second.next().await, Some(server_message::Kind::Heartbeat(_))));
+    for node in d.nodes() {
+        let view = ControlServiceClient::new(node.channel().await);
+        let p = eventually("every node agrees", BOUND, || async {
+            presence(view.clone()).await.filter(|p| p.session_id == w2.session_id)
+        })
+        .await;
+        assert!(p.online);
+    }
+    assert_eq!(a.stats().sessions, 0);
+    assert_eq!(b.stats().sessions, 1);
+    assert_eq!(a.stats().sessions_superseded, 1);
+    // Its end on B is seen on C.
+    drop(second);
+    eventually("offline once the newer session ends", BOUND, || async {
+        presence(app.clone()).await.filter(|p| !p.online)
+    })
+    .await;
+    app.get_vehicle(GetVehicleRequest { vehicle_id: "car-hop".into() }).await.expect("still known");
+}
+
+/// Failure behaviour 6: writers on two nodes write to one vehicle at once.
+/// Every accepted write has a generation of its own, each writer sees its
+/// generations rise, and every node ends on the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_concurrent_writers_on_two_nodes_get_distinct_ordered_generations() {
+    const WRITES: u32 = 40;
+    let d = Deployment::cluster().await;
+    let writer = |node: usize, base: u32| {
+        let url = d.nodes()[node].url();
+        async move {
+            let client = Client::connect(url).await.unwrap().with_debounce(Duration::ZERO);
+            let mut generations = Vec::new();
+            for n in 0..WRITES {
+                // Each value differs from every other writer's: each write is a change.
+                let out = client
+                    .set_desired("car-race", Patch::new().window(Window::FrontLeft, base + n))
+                    .idempotency_key(format!("w{node}-{n}"))
+                    .await
+                    .expect("accepted");
+                assert!(!out.replayed);
+                generations.push(out.generation);
+            }
+            generations
+        }
+    };
+    let (on_b, on_c) = tokio::join!(writer(1, 0), writer(2, 50));
+    for g in [&on_b, &on_c] {
+        assert!(g.windows(2).all(|w| w[0] < w[1]), "a writer's generations rise: {g:?}");
+    }
+    let mut all: Vec<u64> = on_b.iter().chain(&on_c).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 2 * WRITES as usize, "every accepted write has its own generation");
+    let last = *all.last().unwrap();
+    assert_eq!(last, u64::from(2 * WRITES), "no generation skipped: {all:?}");
+    for node in d.nodes() {
+        let client = Client::connect(node.url()).await.unwrap();
+        eventually("every node ends on the last write", BOUND, || async {
+            let v = client.get_vehicle("car-race").await.ok()?;
+            (v.generation == last).then_some(())
+        })
+        .await;
+    }
+    let retried: u64 = d.nodes().iter().map(|n| n.conflicts_retried()).sum();
+    eprintln!("{retried} calls applied again after a conflict");
 }
