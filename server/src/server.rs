@@ -120,6 +120,9 @@ fn load_schema(config: &Config) -> Result<StateSchema, StartError> {
     StateSchema::from_descriptor_set(&bytes, &config.state_message).map_err(|e| schema_error(e.to_string()))
 }
 
+/// How long a cluster node may take to reach NATS and open its stream.
+const CLUSTER_START: Duration = Duration::from_secs(60);
+
 /// The embedded store in the data directory, or the cluster's stream.
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     if config.cluster_nats.is_empty() {
@@ -155,9 +158,12 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
         connect = connect.token(token.clone());
     }
     // The first connection is bounded: a node that cannot reach NATS says so.
-    let connected = tokio::time::timeout(Duration::from_secs(30), NatsStore::connect(options, connect))
-        .await
-        .map_err(|_| StartError::Cluster(format!("no answer from {} within 30 s", config.cluster_nats.join(","))))?;
+    let connected = tokio::time::timeout(CLUSTER_START, NatsStore::connect(options, connect)).await.map_err(|_| {
+        StartError::Cluster(format!(
+            "no usable JetStream at {} within {CLUSTER_START:?}",
+            config.cluster_nats.join(",")
+        ))
+    })?;
     Ok(Arc::new(connected.map_err(|e| StartError::Cluster(e.reason))?))
 }
 

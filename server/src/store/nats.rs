@@ -211,10 +211,33 @@ impl NatsStore {
             closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
-        let boot = count_boot(&shared).await?;
-        let (rows, last) = load(&shared).await?;
+        let boot = until_ready(|| count_boot(&shared)).await?;
+        let (rows, last) = until_ready(|| load(&shared)).await?;
         let feed = tokio::spawn(follow(shared.clone(), last + 1));
         Ok(NatsStore { shared, loaded: Mutex::new(Some(rows)), boot, feed })
+    }
+}
+
+/// Runs `step` again while it fails for want of a JetStream leader (a
+/// cluster that just formed, an election): its requests time out or find no
+/// responders meanwhile. The caller bounds the whole start.
+async fn until_ready<T, F, Fut>(mut step: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Err(e)
+                if ["timed out", "no responders", "temporarily unavailable"].iter().any(|t| e.reason.contains(t)) =>
+            {
+                tracing::info!(error = %e, "JetStream not ready yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            done => return done,
+        }
     }
 }
 
@@ -256,10 +279,15 @@ async fn open_stream(
         max_messages_per_subject: -1,
         ..Default::default()
     };
-    let mut stream = js
-        .get_or_create_stream(wanted)
-        .await
-        .map_err(|e| StoreError::new(format!("cannot open or create the JetStream stream {}: {e}", options.stream)))?;
+    // A cluster that just formed may not have elected its JetStream leader
+    // yet: its requests time out or answer "no responders" meanwhile. The
+    // caller bounds the whole start.
+    let mut stream = until_ready(|| async {
+        js.get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|e| StoreError::new(format!("cannot open or create the JetStream stream {}: {e}", options.stream)))
+    })
+    .await?;
     let info = stream.info().await.map_err(|e| StoreError::new(format!("stream {}: {e}", options.stream)))?;
     let c = &info.config;
     let mut wrong = Vec::new();
