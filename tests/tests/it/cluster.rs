@@ -306,3 +306,36 @@ async fn cluster_concurrent_writers_on_two_nodes_get_distinct_ordered_generation
     let retried: u64 = d.nodes().iter().map(|n| n.conflicts_retried()).sum();
     eprintln!("{retried} calls applied again after a conflict");
 }
+
+/// An app's retry of a write through another node (its first node went
+/// away) replays the first answer: the key is in the stream, not in a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_retry_with_the_same_key_on_another_node_replays_the_first_answer() {
+    let d = Deployment::cluster().await;
+    let [_, b, c] = d.nodes() else { panic!("three nodes") };
+    let on_b = Client::connect(b.url()).await.unwrap().with_debounce(Duration::ZERO);
+    let on_c = Client::connect(c.url()).await.unwrap().with_debounce(Duration::ZERO);
+    let first = on_b
+        .set_desired("car-retry", Patch::new().window(Window::RearLeft, 25))
+        .idempotency_key("tap-1")
+        .await
+        .expect("accepted on B");
+    // A retry arrives on C as soon as B answered: C may not have followed
+    // the stream that far yet, and must still replay, not write again.
+    let again = on_c
+        .set_desired("car-retry", Patch::new().window(Window::RearLeft, 25))
+        .idempotency_key("tap-1")
+        .await
+        .expect("replayed on C");
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(again.generation, first.generation);
+    // The same key with another patch is refused on any node.
+    let other = on_c
+        .set_desired("car-retry", Patch::new().window(Window::RearLeft, 75))
+        .idempotency_key("tap-1")
+        .await
+        .expect_err("another patch under the same key");
+    assert_eq!(other.code(), Some(tonic::Code::AlreadyExists), "{other:?}");
+    let v = on_b.get_vehicle("car-retry").await.unwrap();
+    assert_eq!(v.generation, first.generation, "written once");
+}
