@@ -118,6 +118,13 @@ pub struct Config {
     #[arg(long, env = "TETHER_CLUSTER_NODE")]
     pub cluster_node: Option<String>,
 
+    /// A node not heard from for this long counts as gone: its vehicles are
+    /// offline until they reconnect to another node; a node that cannot
+    /// renew its own lease for this long ends its sessions. Renewed every
+    /// third of it.
+    #[arg(long, env = "TETHER_CLUSTER_LEASE", default_value = "6s", value_parser = duration)]
+    pub cluster_lease: Duration,
+
     /// The CA (PEM) that signed the NATS servers' certificates: the link to
     /// NATS is then TLS. Required for servers off loopback.
     #[arg(long, env = "TETHER_CLUSTER_NATS_CA")]
@@ -380,6 +387,9 @@ impl Config {
             return Err("cluster_nats_user (--cluster-nats-user) and cluster_nats_password \
                         (TETHER_CLUSTER_NATS_PASSWORD) go together"
                 .into());
+        }
+        if self.cluster_lease < Duration::from_secs(1) {
+            return Err("cluster_lease (--cluster-lease) must be at least 1s".into());
         }
         if self.cluster_stream.is_empty()
             || !self.cluster_stream.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

@@ -32,6 +32,8 @@ pub struct Health {
 struct State {
     draining: bool,
     store_failing: bool,
+    /// Cut off from its cluster: nothing this node says can be trusted.
+    isolated: bool,
 }
 
 impl Health {
@@ -63,9 +65,19 @@ impl Health {
         }
     }
 
+    /// Notes whether the node is cut off from its cluster: while it is,
+    /// every service is NOT_SERVING.
+    pub async fn isolated(&self, isolated: bool) {
+        let mut state = self.state.lock().await;
+        if state.isolated != isolated {
+            state.isolated = isolated;
+            self.report(&state).await;
+        }
+    }
+
     async fn report(&self, state: &State) {
         for name in REPORTED {
-            let serving = !(state.draining || state.store_failing && NEED_THE_STORE.contains(&name));
+            let serving = !(state.draining || state.isolated || state.store_failing && NEED_THE_STORE.contains(&name));
             let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
             self.reporter.set_service_status(name, status).await;
         }

@@ -140,6 +140,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
         key_ttl: config.idempotency_window + Duration::from_secs(60),
         audit_ttl: config.audit_retention,
         publish_deadline: Duration::from_secs(10),
+        lease: config.cluster_lease,
     };
     let mut connect = async_nats::ConnectOptions::new().max_reconnects(None);
     if let Some(ca) = &config.cluster_nats_ca {
@@ -248,6 +249,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     tasks.spawn(accept_loop(listener, service, tls, config.clone(), stats, tasks.clone(), shutdown.clone()));
     tasks.spawn(sweep(hub.clone(), limits, config.audit_retention, shutdown.clone()));
     tasks.spawn(watch_store(hub.store().health(), health.clone(), shutdown.clone()));
+    tasks.spawn(watch_cluster(hub.clone(), health.clone(), shutdown.clone()));
     if let Some(listener) = admin_listener {
         tasks.spawn(serve_admin(listener, hub.clone(), admin_token, tasks.clone(), shutdown.clone()));
     }
@@ -327,6 +329,27 @@ async fn watch_store(mut store: watch::Receiver<StoreHealth>, health: Health, sh
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = store.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// A node cut off from its cluster turns NOT_SERVING and ends its sessions
+/// (its vehicles reconnect to a node that can serve them; new sessions are
+/// refused meanwhile), until it renews its lease again.
+async fn watch_cluster(hub: Arc<Hub>, health: Health, shutdown: CancellationToken) {
+    let mut isolated = hub.store().isolated();
+    loop {
+        let cut = *isolated.borrow_and_update();
+        health.isolated(cut).await;
+        if cut {
+            hub.kick_all(
+                GoodbyeReason::ShuttingDown,
+                "this node lost its link to the cluster: reconnect, to another node if it has not come back",
+            );
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = isolated.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -259,6 +259,13 @@ pub trait Store: Send + Sync + 'static {
     /// it. Nothing on one node.
     fn release(&self, _vehicle: &Arc<str>, _session: u64, _last_seen: SystemTime) {}
 
+    /// Whether this node is cut off from its cluster (it could not renew its
+    /// lease: the other nodes count it as gone): it must end its sessions and
+    /// take none until this clears. Never on one node.
+    fn isolated(&self) -> watch::Receiver<bool> {
+        watch::channel(false).1
+    }
+
     /// Sets what the store calls when another node's session of a vehicle
     /// starts or ends. Set once; never called on one node.
     fn on_presence(&self, _hook: PresenceHook) {}

@@ -50,6 +50,9 @@ pub struct NatsCluster {
     nodes: Vec<Option<Child>>,
     /// Nodes run under a shell that kills them when this process exits.
     guarded: bool,
+    /// Nodes do not tell clients of each other (`no_advertise`): a client
+    /// given one node's address loses NATS with that node.
+    no_advertise: bool,
 }
 
 impl std::fmt::Debug for NatsCluster {
@@ -70,16 +73,23 @@ impl NatsCluster {
     /// Starts `nodes` nodes (1: a single JetStream server, no cluster) and
     /// waits until each reports JetStream healthy.
     pub async fn start(nodes: usize) -> Self {
-        Self::start_guarded(nodes, false).await
+        Self::start_guarded(nodes, false, false).await
     }
 
-    async fn start_guarded(nodes: usize, guarded: bool) -> Self {
+    /// Like [`start`](Self::start), the nodes not advertising each other to
+    /// clients, so a client of one node is cut off when that node dies.
+    pub async fn start_without_discovery(nodes: usize) -> Self {
+        Self::start_guarded(nodes, false, true).await
+    }
+
+    async fn start_guarded(nodes: usize, guarded: bool, no_advertise: bool) -> Self {
         let binary = nats_server();
         for attempt in 1..=3 {
             let dir = tempfile::Builder::new().prefix("tether-nats-").tempdir().expect("tempdir");
             let ports: Vec<Ports> =
                 free_ports(nodes * 3).chunks(3).map(|p| Ports { client: p[0], cluster: p[1], monitor: p[2] }).collect();
-            let mut cluster = NatsCluster { binary: binary.clone(), dir, ports, nodes: Vec::new(), guarded };
+            let mut cluster =
+                NatsCluster { binary: binary.clone(), dir, ports, nodes: Vec::new(), guarded, no_advertise };
             for i in 0..nodes {
                 let child = cluster.spawn(i);
                 cluster.nodes.push(Some(child));
@@ -107,9 +117,10 @@ impl NatsCluster {
             let routes: Vec<String> =
                 self.ports.iter().map(|q| format!("nats-route://127.0.0.1:{}", q.cluster)).collect();
             config.push_str(&format!(
-                "cluster {{\n  name: tether-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                "cluster {{\n  name: tether-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n  no_advertise: {}\n}}\n",
                 p.cluster,
-                routes.join(", ")
+                routes.join(", "),
+                self.no_advertise
             ));
         }
         config
@@ -240,7 +251,7 @@ pub fn shared() -> &'static str {
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
                 runtime.block_on(async move {
-                    let cluster = NatsCluster::start_guarded(3, true).await;
+                    let cluster = NatsCluster::start_guarded(3, true, false).await;
                     tx.send(cluster.urls()).expect("the test waits");
                     // Keeps the nodes (and this thread, their parent) alive.
                     let _cluster = cluster;

@@ -201,6 +201,12 @@ impl Session {
             let _ = tx.send(fail(ApiError::ShuttingDown(retry))).await;
             return;
         }
+        if *hub.store().isolated().borrow() {
+            failed(HandshakeFailure::Draining);
+            let retry = "this node lost its link to the cluster: connect to another node".to_string();
+            let _ = tx.send(fail(ApiError::ShuttingDown(retry))).await;
+            return;
+        }
         let results = read_results(hub, hello.results);
         let cell = hub.get_or_create(&hello.vehicle_id);
         let last_applied = hello.last_applied_generation;

@@ -16,12 +16,13 @@
 //! - Keys and audit records carry a per-message TTL (the idempotency window,
 //!   the audit retention): JetStream ages them out, no node sweeps.
 
+mod lease;
 mod presence;
 mod publish;
 mod subject;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -65,6 +66,8 @@ pub struct NatsOptions {
     /// How long a save may wait for the stream (a leader election) before it
     /// is refused as unavailable.
     pub publish_deadline: Duration,
+    /// A node not heard from for this long is gone (renewed every third).
+    pub lease: Duration,
 }
 
 /// A vehicle as this node knows it is durable, and its saves.
@@ -103,6 +106,8 @@ struct Vehicle {
     claiming: u32,
     /// This node's claim: its session and its sequence (the fencing token).
     own: Option<(u64, u64)>,
+    /// Another node's live claim, as the last presence message says.
+    claimed_by: Option<presence::Claimant>,
 }
 
 impl Vehicle {
@@ -141,6 +146,12 @@ struct Shared {
     /// Other nodes' sessions found at the load, for the presence hook.
     loaded_presence: Mutex<Vec<RemotePresence>>,
     health: watch::Sender<StoreHealth>,
+    /// This node could not renew its lease for a lease.
+    isolated: watch::Sender<bool>,
+    /// Other nodes' leases.
+    leases: Mutex<lease::Leases>,
+    /// This start's count (0 until counted).
+    boot: AtomicU32,
     closed: AtomicBool,
     runtime: tokio::runtime::Handle,
 }
@@ -208,11 +219,16 @@ impl NatsStore {
             presence_hook: OnceLock::new(),
             loaded_presence: Mutex::new(Vec::new()),
             health,
+            isolated: watch::channel(false).0,
+            leases: Mutex::new(lease::Leases::default()),
+            boot: AtomicU32::new(0),
             closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
         let boot = until_ready(|| count_boot(&shared)).await?;
+        shared.boot.store(boot, Ordering::Relaxed);
         let (rows, last) = until_ready(|| load(&shared)).await?;
+        tokio::spawn(shared.clone().keep_lease());
         let feed = tokio::spawn(follow(shared.clone(), last + 1));
         Ok(NatsStore { shared, loaded: Mutex::new(Some(rows)), boot, feed })
     }
@@ -394,18 +410,34 @@ async fn read_all(
 /// stream sequence read, from which the feed goes on.
 async fn load(shared: &Shared) -> Result<(Vec<StoredRows>, u64), StoreError> {
     let s = &shared.subjects;
-    let filter = vec![s.records(), s.keys(), s.presences()];
+    let filter = vec![s.records(), s.keys(), s.presences(), s.leases()];
     let read = read_all(&shared.stream, filter, consumer::DeliverPolicy::LastPerSubject).await?;
     let last = read.iter().map(|r| r.seq).max().unwrap_or(0);
     let mut vehicles = shared.vehicles.lock().unwrap_or_else(|p| p.into_inner());
+    let mut leases = shared.leases.lock().unwrap_or_else(|p| p.into_inner());
+    for r in read.iter().filter(|r| s.kind(&r.subject) == Kind::Lease) {
+        if let Some(lease) = lease::Lease::decode(&r.payload).filter(|l| l.node != shared.options.node) {
+            leases.renewed(lease);
+        }
+    }
     let mut sessions = Vec::new();
     for r in read {
         if let Applied::Presence(p) = apply(&mut vehicles, s, &shared.options.node, &r)
             && p.online
         {
-            sessions.push(p);
+            // A claim of a node without a live lease (gone, or an earlier
+            // start of it) is over.
+            let v = vehicles.get_mut(&p.vehicle).expect("applied");
+            match v.claimed_by.take() {
+                Some(c) if leases.live(&c.node, c.boot) => {
+                    v.claimed_by = Some(c);
+                    sessions.push(p);
+                }
+                _ => {}
+            }
         }
     }
+    drop(leases);
     *shared.loaded_presence.lock().unwrap_or_else(|p| p.into_inner()) = sessions;
     // The hub starts from these rows.
     for v in vehicles.values_mut() {
@@ -425,6 +457,8 @@ enum Applied {
     Record(Arc<str>),
     /// Another node's session of a vehicle started or ended.
     Presence(RemotePresence),
+    /// A node renewed its lease.
+    Lease,
 }
 
 /// Puts a stored message into the images (`node` is this node).
@@ -438,6 +472,7 @@ fn apply(vehicles: &mut HashMap<Arc<str>, Vehicle>, subjects: &Subjects, node: &
             let body = presence::Body::decode(&r.payload);
             return presence::observe(v, node, r.seq, body, id).map_or(Applied::Nothing, Applied::Presence);
         }
+        Kind::Lease => return Applied::Lease,
         Kind::Audit(_) | Kind::Other => return Applied::Nothing,
     };
     let id: Arc<str> = Arc::from(vehicle.as_str());
@@ -475,7 +510,7 @@ async fn follow(shared: Arc<Shared>, mut start: u64) {
         let consumer = shared
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subjects: vec![s.records(), s.keys(), s.presences()],
+                filter_subjects: vec![s.records(), s.keys(), s.presences(), s.leases()],
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
                 ..Default::default()
             })
@@ -524,6 +559,12 @@ async fn follow(shared: Arc<Shared>, mut start: u64) {
                         (Some((reload, v.rev)), None)
                     }
                     Applied::Presence(p) => (None, Some(p)),
+                    Applied::Lease => {
+                        if let Some(lease) = lease::Lease::decode(&read.payload).filter(|l| l.node != node) {
+                            shared.leases.lock().unwrap_or_else(|p| p.into_inner()).renewed(lease);
+                        }
+                        (None, None)
+                    }
                     Applied::Record(_) | Applied::Key | Applied::Nothing => (None, None),
                 }
             };
@@ -901,6 +942,10 @@ impl Store for NatsStore {
 
     fn release(&self, vehicle: &Arc<str>, session: u64, last_seen: SystemTime) {
         self.shared.runtime.spawn(self.shared.clone().release(vehicle.clone(), session, last_seen));
+    }
+
+    fn isolated(&self) -> watch::Receiver<bool> {
+        self.shared.isolated.subscribe()
     }
 
     fn on_presence(&self, hook: PresenceHook) {

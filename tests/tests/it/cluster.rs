@@ -6,6 +6,8 @@
 //! rejected whole; a retried message id answered as a duplicate; and no
 //! acknowledged write lost when the stream's leader is killed.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -16,7 +18,7 @@ use tether_proto::app::v1::control_service_client::ControlServiceClient;
 use tether_proto::vehicle::v1::{GoodbyeReason, server_message};
 use tether_sdk::{Agent, AgentEvent, Client, FieldStatus, Patch, RecordingCapability, WaitLevel, Window};
 use tether_tests::nats::NatsCluster;
-use tether_tests::{BOUND, Deployment, RawVehicle, eventually};
+use tether_tests::{BOUND, ChildServer, Deployment, RawVehicle, eventually, server_stats};
 
 /// The stream the checks use, replicated on all three nodes.
 async fn stream(js: &jetstream::Context) -> stream::Stream {
@@ -338,4 +340,172 @@ async fn cluster_a_retry_with_the_same_key_on_another_node_replays_the_first_ans
     assert_eq!(other.code(), Some(tonic::Code::AlreadyExists), "{other:?}");
     let v = on_b.get_vehicle("car-retry").await.unwrap();
     assert_eq!(v.generation, first.generation, "written once");
+}
+
+/// Failure behaviour 2: three tetherd processes on one stream; 1,000 vehicles
+/// (SDK agents given all three addresses) hold their sessions on node A while
+/// an app writes to them through node B. A is killed with SIGKILL in the
+/// middle of the writes: every vehicle reconnects to a surviving node, the
+/// state each applied last is the last write the app was told was accepted,
+/// and no vehicle ever has two live sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_kill_9_of_the_node_holding_a_thousand_vehicles_moves_them_and_loses_no_accepted_write() {
+    const VEHICLES: usize = 1000;
+    const MOVE_BOUND: Duration = Duration::from_secs(90);
+    let urls = tether_tests::nats::shared();
+    let stream = format!("KILL{}", std::process::id());
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_tetherd-under-test"));
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let name = format!("node-{i}");
+        let args =
+            ["--cluster-nats", urls, "--cluster-stream", &stream, "--cluster-node", &name, "--cluster-lease", "3s"];
+        nodes.push(ChildServer::start_with_args(binary, dir.path(), None, &args).await);
+    }
+    let sessions = |url: String| async move { server_stats(tether_tests::channel(&url).await).await.sessions };
+    let (a_url, b_url, c_url) = (nodes[0].url(), nodes[1].url(), nodes[2].url());
+
+    let mut agents = Vec::new();
+    let mut applied = Vec::new();
+    for n in 0..VEHICLES {
+        let windows = RecordingCapability::new("windows");
+        applied.push(windows.applied());
+        let agent = Agent::builder(a_url.clone(), format!("car-{n:04}"))
+            .endpoints([b_url.clone(), c_url.clone()])
+            .capability(windows)
+            .default_rate_limit(Duration::ZERO)
+            .backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .spawn();
+        agents.push(agent);
+    }
+    eventually("every vehicle holds its session on A", MOVE_BOUND, || async {
+        (sessions(a_url.clone()).await == VEHICLES as u64).then_some(())
+    })
+    .await;
+
+    // The app writes round after round through B; for each vehicle it keeps
+    // the generation of the last write it was told was accepted.
+    let app = Client::connect(b_url.clone()).await.unwrap().with_debounce(Duration::ZERO);
+    let accepted = Arc::new(Mutex::new(vec![0u64; VEHICLES]));
+    let rounds_done = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (accepted, rounds_done, stop) = (accepted.clone(), rounds_done.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut round = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                let writes = (0..VEHICLES).map(|n| {
+                    let app = app.clone();
+                    async move {
+                        let patch = Patch::new().window(Window::FrontLeft, round % 100);
+                        (n, app.set_desired(format!("car-{n:04}"), patch).await)
+                    }
+                });
+                let mut writes = futures::stream::iter(writes).buffer_unordered(64);
+                while let Some((n, out)) = writes.next().await {
+                    // UNAVAILABLE or a deadline is not an acceptance: never counted.
+                    if let Ok(out) = out {
+                        let mut accepted = accepted.lock().unwrap();
+                        accepted[n] = accepted[n].max(out.generation);
+                    }
+                }
+                rounds_done.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    eventually("a first round of writes", MOVE_BOUND, || async {
+        (rounds_done.load(Ordering::Relaxed) >= 1).then_some(())
+    })
+    .await;
+    nodes.remove(0).kill_9().await;
+    let killed_at = std::time::Instant::now();
+
+    eventually("every vehicle reconnected to a surviving node", MOVE_BOUND, || async {
+        let moved = sessions(b_url.clone()).await + sessions(c_url.clone()).await;
+        assert!(moved <= VEHICLES as u64, "never two live sessions for one vehicle: {moved}");
+        (moved == VEHICLES as u64).then_some(())
+    })
+    .await;
+    let moved_after = killed_at.elapsed();
+    // Two more rounds once every vehicle moved, then the writes stop.
+    let after = rounds_done.load(Ordering::Relaxed);
+    eventually("two more rounds of writes", MOVE_BOUND, || async {
+        (rounds_done.load(Ordering::Relaxed) >= after + 2).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let accepted = accepted.lock().unwrap().clone();
+    eventually("each vehicle applied the last accepted write", MOVE_BOUND, || async {
+        let behind = (0..VEHICLES)
+            .filter(|&n| applied[n].lock().unwrap().last().map(|c| c.generation) != Some(accepted[n]))
+            .count();
+        (behind == 0).then_some(())
+    })
+    .await;
+    let moved = sessions(b_url.clone()).await + sessions(c_url.clone()).await;
+    assert_eq!(moved, VEHICLES as u64, "one live session per vehicle");
+    eprintln!("{VEHICLES} vehicles online on the surviving nodes {moved_after:?} after the kill");
+    for agent in agents {
+        agent.shutdown().await;
+    }
+}
+
+/// Failure behaviour 5: a tetherd whose only nats-server dies (the servers do
+/// not advertise each other, so it cannot reach another) cannot renew its
+/// lease: it turns NOT_SERVING, ends its sessions and refuses new ones, and
+/// its vehicles move to the other nodes, where writes reach them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_node_that_loses_its_nats_server_goes_not_serving_and_its_vehicles_move() {
+    const VEHICLES: usize = 20;
+    let mut nats = NatsCluster::start_without_discovery(3).await;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_tetherd-under-test"));
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let (name, url) = (format!("node-{i}"), nats.url(i));
+        let args = ["--cluster-nats", &url, "--cluster-node", &name, "--cluster-lease", "3s"];
+        nodes.push(ChildServer::start_with_args(binary, dir.path(), None, &args).await);
+    }
+    let sessions = |url: String| async move { server_stats(tether_tests::channel(&url).await).await.sessions };
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let agents: Vec<_> = (0..VEHICLES)
+        .map(|n| {
+            Agent::builder(a.url(), format!("car-{n:02}"))
+                .endpoints([b.url(), c.url()])
+                .capability(RecordingCapability::new("windows"))
+                .default_rate_limit(Duration::ZERO)
+                .backoff(Duration::from_millis(50), Duration::from_millis(500))
+                .spawn()
+        })
+        .collect();
+    eventually("every vehicle on A", BOUND, || async { (sessions(a.url()).await == VEHICLES as u64).then_some(()) })
+        .await;
+    assert_eq!(crate::storage::health(a, "").await, tonic_health::ServingStatus::Serving as i32);
+
+    nats.kill(0).await;
+    eventually("A turns NOT_SERVING", BOUND, || async {
+        (crate::storage::health(a, "").await == tonic_health::ServingStatus::NotServing as i32).then_some(())
+    })
+    .await;
+    eventually("every vehicle moved off A", BOUND * 3, || async {
+        let moved = sessions(b.url()).await + sessions(c.url()).await;
+        assert!(moved <= VEHICLES as u64, "never two live sessions for one vehicle");
+        (moved == VEHICLES as u64 && sessions(a.url()).await == 0).then_some(())
+    })
+    .await;
+    // A refuses sessions while it is cut off.
+    let refused = RawVehicle::refusal(tether_tests::channel(&a.url()).await, "car-late").await;
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("lost its link to the cluster"), "{refused:?}");
+    // Writes through C reach a vehicle that moved.
+    let app = Client::connect(c.url()).await.unwrap();
+    let out = app.set_desired("car-07", Patch::new().window(Window::FrontLeft, 70)).wait(WaitLevel::Applied).await;
+    assert_eq!(out.expect("applied after the move").fields[0].status, FieldStatus::Applied);
+    for agent in agents {
+        agent.shutdown().await;
+    }
 }

@@ -294,7 +294,7 @@ impl Drop for SmallDisk {
 }
 
 /// The status `grpc.health.v1.Health` gives for `service`.
-async fn health(server: &ChildServer, service: &str) -> i32 {
+pub(crate) async fn health(server: &ChildServer, service: &str) -> i32 {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let mut client = HealthClient::new(tether_tests::channel(&server.url()).await);

@@ -70,6 +70,12 @@ impl Supervisor {
             if welcomed_at.is_some_and(|at| at.elapsed() >= STABLE_SESSION) {
                 failures = 0;
             }
+            // A node that refused the session, or sent it away, is tried last
+            // next time: another node of the cluster may serve it.
+            let sent_away = matches!(&end, SessionEnd::Goodbye { reason: GoodbyeReason::ShuttingDown, .. });
+            if welcomed_at.is_none() || sent_away {
+                self.connector.rotate();
+            }
             let delay = match end {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Goodbye { reason, message, reconnect_after } => {
@@ -129,6 +135,17 @@ impl Supervisor {
     fn backoff_delay(&self, failures: u32) -> Duration {
         let (min, max) = self.backoff;
         backoff::full_jitter(backoff::ceiling(min, max, failures), &mut rand::rng())
+    }
+}
+
+impl Connector {
+    /// Starts the next connection from the endpoint after the one that
+    /// answered last.
+    fn rotate(&self) {
+        if let Connector::Endpoints(endpoints, last) = self {
+            let next = (last.load(Ordering::Relaxed) + 1) % endpoints.len().max(1);
+            last.store(next, Ordering::Relaxed);
+        }
     }
 }
 

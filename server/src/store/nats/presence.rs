@@ -21,6 +21,9 @@ use crate::store::{Claim, RemotePresence, StoreError};
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Body {
     node: String,
+    /// The node's start that claimed (see `lease`).
+    #[serde(default)]
+    boot: u32,
     session: u64,
     online: bool,
     connected_at_ms: u64,
@@ -36,7 +39,20 @@ fn time(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// A node that holds a vehicle's claim.
+#[derive(Debug, Clone)]
+pub(super) struct Claimant {
+    pub(super) node: String,
+    pub(super) boot: u32,
+    pub(super) session: u64,
+}
+
 impl Body {
+    /// The claim it makes, if it claims.
+    pub(super) fn claimant(&self) -> Option<Claimant> {
+        self.online.then(|| Claimant { node: self.node.clone(), boot: self.boot, session: self.session })
+    }
+
     /// The presence it says, for `vehicle`.
     pub(super) fn presence(&self, vehicle: Arc<str>) -> RemotePresence {
         RemotePresence {
@@ -73,6 +89,8 @@ pub(super) fn observe(
     if body.node == node {
         return None;
     }
+    // Whoever claimed last, the claim before it is over.
+    v.claimed_by = body.claimant();
     // A claim of ours is on its way and will be committed after this one:
     // it wins, so this one changes nothing here.
     if v.claiming > 0 {
@@ -91,6 +109,7 @@ impl Shared {
     pub(super) async fn claim(self: Arc<Self>, vehicle: Arc<str>, claim: Claim) {
         let body = Body {
             node: self.options.node.clone(),
+            boot: self.boot.load(std::sync::atomic::Ordering::Relaxed),
             session: claim.session,
             online: true,
             connected_at_ms: ms(claim.connected_at),
@@ -121,6 +140,7 @@ impl Shared {
             if let Ok(seq) = outcome {
                 v.pres_rev = v.pres_rev.max(seq);
                 v.own = Some((claim.session, seq));
+                v.claimed_by = None;
             }
         });
         if let Err(e) = outcome {
@@ -139,6 +159,7 @@ impl Shared {
                 Some((s, seq)) if s == session => {
                     let body = Body {
                         node: self.options.node.clone(),
+                        boot: self.boot.load(std::sync::atomic::Ordering::Relaxed),
                         session,
                         online: false,
                         connected_at_ms: 0,

@@ -4,8 +4,8 @@
 //! `<prefix>.rec.<vehicle>` holds a vehicle's record (rollup: the last one
 //! counts), `<prefix>.key.<vehicle>.<key>` each idempotency key (an empty
 //! body is a deleted key), `<prefix>.audit.<vehicle>` the audit trail,
-//! `<prefix>.pres.<vehicle>` its presence claim, `<prefix>.meta.boot` the
-//! count of node starts.
+//! `<prefix>.pres.<vehicle>` its presence claim, `<prefix>.node.<node>` a
+//! node's lease, `<prefix>.meta.boot` the count of node starts.
 
 /// What a subject of the stream holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub(super) enum Kind {
     Audit(String),
     /// A vehicle's presence claim.
     Presence(String),
+    /// A node's lease.
+    Lease,
     /// Anything else (meta, or a subject of a newer version).
     Other,
 }
@@ -47,6 +49,16 @@ impl Subjects {
     /// Every key subject.
     pub(super) fn keys(&self) -> String {
         format!("{}.key.*.*", self.prefix)
+    }
+
+    /// Every node's lease.
+    pub(super) fn leases(&self) -> String {
+        format!("{}.node.*", self.prefix)
+    }
+
+    /// A node's lease.
+    pub(super) fn lease(&self, node: &str) -> String {
+        format!("{}.node.{}", self.prefix, token(node))
     }
 
     /// Every presence subject.
@@ -94,6 +106,7 @@ impl Subjects {
             },
             ["audit", v] => decoded(v).map_or(Kind::Other, Kind::Audit),
             ["pres", v] => decoded(v).map_or(Kind::Other, Kind::Presence),
+            ["node", _] => Kind::Lease,
             _ => Kind::Other,
         }
     }
