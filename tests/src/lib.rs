@@ -187,12 +187,17 @@ impl Deployment {
 
     /// Three cluster nodes, each config changed by `f`.
     pub async fn cluster_with(f: impl Fn(&mut Config)) -> Self {
+        Self::cluster_at(nats::shared(), f).await
+    }
+
+    /// Three cluster nodes on the nats-servers at `urls` (comma-separated),
+    /// each config changed by `f`.
+    pub async fn cluster_at(urls: &str, f: impl Fn(&mut Config)) -> Self {
         // TETHER_TEST_LOG=debug (a tracing filter) prints the nodes' logs.
         if let Ok(filter) = std::env::var("TETHER_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
         static STREAMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let urls = nats::shared();
         let stream = format!("T{}_{}", std::process::id(), STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let mut nodes = Vec::new();
         for i in 0..3 {

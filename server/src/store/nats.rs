@@ -529,7 +529,19 @@ async fn follow(shared: Arc<Shared>, mut start: u64) {
             }
         };
         backoff = Duration::from_millis(100);
-        while let Some(m) = messages.next().await {
+        // Every node's lease renewal is on the feed, this node's too: a feed
+        // silent for two renewals is stuck (a consumer on a server that died
+        // may never say so) and is followed again from where it stopped.
+        let stalled = shared.options.lease * 2 / 3;
+        loop {
+            let m = match tokio::time::timeout(stalled, messages.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(silent = ?stalled, from = start, "the stream's feed is stuck; following it again");
+                    break;
+                }
+            };
             let m = match m {
                 Ok(m) => m,
                 Err(e) => {

@@ -6,7 +6,7 @@
 //! rejected whole; a retried message id answered as a duplicate; and no
 //! acknowledged write lost when the stream's leader is killed.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -508,4 +508,140 @@ async fn cluster_a_node_that_loses_its_nats_server_goes_not_serving_and_its_vehi
     for agent in agents {
         agent.shutdown().await;
     }
+}
+
+/// Failure behaviour 3: the stream's leader is killed with SIGKILL while
+/// apps write through three nodes. Writes stall for the election; a call
+/// either is accepted or fails UNAVAILABLE or DEADLINE_EXCEEDED (never an
+/// answer that is not true); no accepted write is lost, and a retry with the
+/// same key of any call, answered or not, replays or completes it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_kill_9_of_the_stream_leader_under_writes_loses_no_accepted_write() {
+    const WRITERS: usize = 6;
+    let mut nats = NatsCluster::start(3).await;
+    let d = Deployment::cluster_at(&nats.urls(), |_| {}).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    // Each writer: its own vehicle, keys w<writer>-<n>, values cycling.
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let url = d.nodes()[w % 3].url();
+            let (stop, acks) = (stop.clone(), acks.clone());
+            tokio::spawn(async move {
+                let client = Client::connect(url).await.unwrap().with_debounce(Duration::ZERO);
+                let (mut accepted, mut failed) = (Vec::new(), Vec::new());
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}-{n}");
+                    let out = client
+                        .set_desired(format!("car-l{w}"), Patch::new().window(Window::FrontLeft, n % 100))
+                        .idempotency_key(key.clone())
+                        .timeout(Duration::from_secs(3))
+                        .await;
+                    match out {
+                        Ok(out) => {
+                            acks.fetch_add(1, Ordering::Relaxed);
+                            accepted.push((key, n, out.generation));
+                        }
+                        Err(e) => {
+                            let code = e.code();
+                            assert!(
+                                matches!(code, Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)),
+                                "a failed write says it may not have happened: {e:?}"
+                            );
+                            failed.push((key, n));
+                        }
+                    }
+                    n += 1;
+                }
+                (w, accepted, failed)
+            })
+        })
+        .collect();
+
+    // Some writes first, then the leader dies.
+    let js = jetstream::new(
+        async_nats::connect(
+            nats.urls().split(',').map(|u| u.parse().unwrap()).collect::<Vec<async_nats::ServerAddr>>(),
+        )
+        .await
+        .unwrap(),
+    );
+    let stream_name = eventually("the stream exists", BOUND, || async {
+        let mut names = js.stream_names();
+        names.next().await.and_then(Result::ok)
+    })
+    .await;
+    eventually("writes under way", BOUND, || async { (acks.load(Ordering::Relaxed) > 60).then_some(()) }).await;
+    let leader = eventually("the stream has a leader", BOUND, || async {
+        let mut stream = js.get_stream(&stream_name).await.ok()?;
+        stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
+    })
+    .await;
+    let victim = (0..3).find(|&i| nats.name(i) == leader).expect("the leader is a node");
+    nats.kill(victim).await;
+    let killed = std::time::Instant::now();
+    // Writes go on after the election.
+    let before = acks.load(Ordering::Relaxed);
+    eventually("writes resume after the election", Duration::from_secs(60), || async {
+        (acks.load(Ordering::Relaxed) > before + 20).then_some(())
+    })
+    .await;
+    eprintln!("writes resumed within {:?} of the leader's kill", killed.elapsed());
+    stop.store(true, Ordering::Relaxed);
+
+    let mut answers = Vec::new();
+    for writer in writers {
+        answers.push(writer.await.unwrap());
+    }
+    // Every node follows the stream past the election to the same state.
+    for w in 0..WRITERS {
+        let vehicle = format!("car-l{w}");
+        let mut views = Vec::new();
+        for node in d.nodes() {
+            views.push(Client::connect(node.url()).await.unwrap());
+        }
+        eventually("every node converges on the vehicle", BOUND * 2, || async {
+            let mut seen = Vec::new();
+            for view in &views {
+                seen.push(view.get_vehicle(vehicle.clone()).await.ok()?.generation);
+            }
+            seen.windows(2).all(|w| w[0] == w[1]).then_some(())
+        })
+        .await;
+    }
+    // Every call retried with its key, on another node: an accepted one
+    // replays its generation (it was not lost); one that failed completes now
+    // (replayed if it had committed after all, else accepted once).
+    let (mut accepted_total, mut failed_total) = (0, 0);
+    for (w, accepted, failed) in answers {
+        let client = Client::connect(d.nodes()[(w + 1) % 3].url()).await.unwrap().with_debounce(Duration::ZERO);
+        let vehicle = format!("car-l{w}");
+        let retries = accepted.iter().map(|(key, n, generation)| {
+            let (client, vehicle) = (client.clone(), vehicle.clone());
+            async move {
+                let again = client
+                    .set_desired(vehicle, Patch::new().window(Window::FrontLeft, n % 100))
+                    .idempotency_key(key.clone())
+                    .await
+                    .expect("a retry of an accepted write");
+                assert!(
+                    again.replayed && again.generation == *generation,
+                    "accepted write {key} (generation {generation}) lost: {again:?}"
+                );
+            }
+        });
+        futures::stream::iter(retries).buffer_unordered(32).collect::<Vec<()>>().await;
+        for (key, n) in &failed {
+            client
+                .set_desired(vehicle.clone(), Patch::new().window(Window::FrontLeft, n % 100))
+                .idempotency_key(key.clone())
+                .await
+                .expect("a retry of a failed write completes");
+        }
+        accepted_total += accepted.len();
+        failed_total += failed.len();
+    }
+    eprintln!("{accepted_total} writes accepted and kept, {failed_total} answered UNAVAILABLE or DEADLINE_EXCEEDED");
+    assert!(accepted_total > 0);
 }
