@@ -167,6 +167,7 @@ impl Drop for TestServer {
 /// watches go to the third: every promise must hold across nodes.
 pub struct Deployment {
     nodes: Vec<TestServer>,
+    stream: String,
 }
 
 impl Deployment {
@@ -177,7 +178,7 @@ impl Deployment {
 
     /// One node, its config changed by `f`.
     pub async fn single_with(f: impl FnOnce(&mut Config)) -> Self {
-        Deployment { nodes: vec![TestServer::start_with(f).await] }
+        Deployment { nodes: vec![TestServer::start_with(f).await], stream: String::new() }
     }
 
     /// Three cluster nodes.
@@ -211,7 +212,12 @@ impl Deployment {
                 .await,
             );
         }
-        Deployment { nodes }
+        Deployment { nodes, stream }
+    }
+
+    /// The cluster's stream (empty on one node).
+    pub fn stream_name(&self) -> &str {
+        &self.stream
     }
 
     /// Whether this is a cluster.

@@ -645,3 +645,63 @@ async fn cluster_kill_9_of_the_stream_leader_under_writes_loses_no_accepted_writ
     eprintln!("{accepted_total} writes accepted and kept, {failed_total} answered UNAVAILABLE or DEADLINE_EXCEEDED");
     assert!(accepted_total > 0);
 }
+
+/// Failure behaviour 7: the stream the nodes follow is flooded (70,000
+/// messages, more than a NATS client buffers, on the subjects they follow, published as fast as NATS takes
+/// them) while an app writes through one node: every node still converges on
+/// what is stored, and a watcher on another node sees the last write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_flooded_feed_still_converges_on_the_stored_state() {
+    const FLOOD: usize = 70_000;
+    let d = Deployment::cluster().await;
+    let [_, b, c] = d.nodes() else { panic!("three nodes") };
+    let app = Client::connect(b.url()).await.unwrap().with_debounce(Duration::ZERO);
+    app.set_desired("car-flood", Patch::new().window(Window::FrontLeft, 1)).await.unwrap();
+    let watcher = Client::connect(c.url()).await.unwrap();
+    eventually("the vehicle is known on C", BOUND, || async { watcher.get_vehicle("car-flood").await.ok() }).await;
+    let mut watch = watcher.watch("car-flood", 0).await.unwrap();
+
+    // The flood: leases of nodes that do not exist, on the stream's subjects
+    // that every node follows (each one a message its feed must read).
+    let stream = d.stream_name();
+    let servers: Vec<async_nats::ServerAddr> =
+        tether_tests::nats::shared().split(',').map(|u| u.parse().unwrap()).collect();
+    let js = jetstream::new(async_nats::connect(servers).await.unwrap());
+    let prefix = stream.to_ascii_lowercase();
+    let flood = tokio::spawn(async move {
+        let publishes = (0..FLOOD).map(|n| {
+            let js = js.clone();
+            let subject = format!("{prefix}.node.flood-{}", n % 500);
+            async move {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-TTL", "5s");
+                let body = format!("{{\"node\":\"flood-{}\",\"boot\":1}}", n % 500);
+                js.publish_with_headers(subject, headers, body.into()).await.unwrap().await
+            }
+        });
+        let acked = futures::stream::iter(publishes).buffer_unordered(512).filter(|r| std::future::ready(r.is_ok()));
+        assert_eq!(acked.count().await, FLOOD, "the stream took the whole flood");
+    });
+    let mut last = 0;
+    for pct in 2..=40 {
+        last = app.set_desired("car-flood", Patch::new().window(Window::FrontLeft, pct)).await.unwrap().generation;
+    }
+    flood.await.unwrap();
+    for node in d.nodes() {
+        let view = Client::connect(node.url()).await.unwrap();
+        eventually("every node converges after the flood", BOUND * 3, || async {
+            (view.get_vehicle("car-flood").await.ok()?.generation == last).then_some(())
+        })
+        .await;
+    }
+    tokio::time::timeout(BOUND, async {
+        loop {
+            let event = watch.next().await.expect("the watch goes on").expect("no error");
+            if event.vehicle.expect("a vehicle").generation == last {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the watcher on C sees the last write");
+}
