@@ -74,6 +74,26 @@ pub fn render(hub: &Hub, tasks: &TaskTracker) -> String {
     );
     out.histogram("tether_set_to_delivered_seconds", "From a field's write to its delivery.", &s.set_to_delivered);
     out.histogram("tether_set_to_applied_seconds", "From a field's write to its application.", &s.set_to_applied);
+    if let Some(c) = hub.store().cluster_stats() {
+        out.histogram(
+            "tether_cluster_publish_seconds",
+            "From a save's publish to the stream's acknowledgement or refusal.",
+            &c.publish,
+        );
+        out.counter(
+            "tether_cluster_save_conflicts_total",
+            "Saves refused because another node changed the vehicle first.",
+            get(&c.conflicts),
+        );
+        out.counter("tether_cluster_presence_claims_total", "Presence claims this node committed.", get(&c.claims));
+        out.gauge("tether_cluster_nodes_live", "Other nodes whose leases this node sees renewed.", get(&c.nodes_live));
+        out.gauge("tether_cluster_isolated", "1 while this node cannot renew its own lease.", get(&c.isolated));
+        out.counter(
+            "tether_cluster_feed_restarts_total",
+            "Times this node followed the stream again after its feed stalled.",
+            get(&c.feed_restarts),
+        );
+    }
     out.0
 }
 

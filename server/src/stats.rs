@@ -157,6 +157,23 @@ impl Histogram {
     }
 }
 
+/// A cluster node's own figures (the store keeps them; one node has none).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// From a save's publish to the stream's acknowledgement (or refusal).
+    pub publish: Histogram,
+    /// Saves refused because another node changed the vehicle first.
+    pub conflicts: AtomicU64,
+    /// Presence claims committed by this node.
+    pub claims: AtomicU64,
+    /// Other nodes whose leases this node sees renewed.
+    pub nodes_live: AtomicU64,
+    /// 1 while this node cannot renew its own lease (cut off).
+    pub isolated: AtomicU64,
+    /// Times the node followed the stream again after its feed stalled.
+    pub feed_restarts: AtomicU64,
+}
+
 /// Live counts and running totals. Gauges are kept exact by RAII guards.
 #[derive(Debug, Default)]
 pub struct Stats {

@@ -259,6 +259,11 @@ pub trait Store: Send + Sync + 'static {
     /// it. Nothing on one node.
     fn release(&self, _vehicle: &Arc<str>, _session: u64, _last_seen: SystemTime) {}
 
+    /// A cluster node's figures (none on one node).
+    fn cluster_stats(&self) -> Option<Arc<crate::stats::ClusterStats>> {
+        None
+    }
+
     /// Whether this node is cut off from its cluster (it could not renew its
     /// lease: the other nodes count it as gone): it must end its sessions and
     /// take none until this clears. Never on one node.

@@ -32,6 +32,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{Notify, oneshot, watch};
 
+use crate::stats::ClusterStats;
+
 use self::publish::{Failure, Message, publish};
 use self::subject::{Kind, Subjects};
 use super::{
@@ -152,6 +154,8 @@ struct Shared {
     leases: Mutex<lease::Leases>,
     /// This start's count (0 until counted).
     boot: AtomicU32,
+    /// Figures for the node's metrics.
+    stats: Arc<ClusterStats>,
     closed: AtomicBool,
     runtime: tokio::runtime::Handle,
 }
@@ -222,6 +226,7 @@ impl NatsStore {
             isolated: watch::channel(false).0,
             leases: Mutex::new(lease::Leases::default()),
             boot: AtomicU32::new(0),
+            stats: Arc::default(),
             closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
@@ -539,6 +544,7 @@ async fn follow(shared: Arc<Shared>, mut start: u64) {
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(silent = ?stalled, from = start, "the stream's feed is stuck; following it again");
+                    crate::stats::bump(&shared.stats.feed_restarts);
                     break;
                 }
             };
@@ -615,7 +621,13 @@ impl Shared {
                 continue;
             }
             let messages = self.messages(&vehicle, rev, &live);
-            match publish(&self.client, &self.js, &messages, self.options.publish_deadline).await {
+            let started = std::time::Instant::now();
+            let published = publish(&self.client, &self.js, &messages, self.options.publish_deadline).await;
+            self.stats.publish.observe(started.elapsed());
+            if let Err(Failure::Conflict(_)) = &published {
+                crate::stats::bump(&self.stats.conflicts);
+            }
+            match published {
                 Ok(seq) => {
                     {
                         let mut vehicles = self.vehicles.lock().unwrap_or_else(|p| p.into_inner());
@@ -954,6 +966,10 @@ impl Store for NatsStore {
 
     fn release(&self, vehicle: &Arc<str>, session: u64, last_seen: SystemTime) {
         self.shared.runtime.spawn(self.shared.clone().release(vehicle.clone(), session, last_seen));
+    }
+
+    fn cluster_stats(&self) -> Option<Arc<ClusterStats>> {
+        Some(self.shared.stats.clone())
     }
 
     fn isolated(&self) -> watch::Receiver<bool> {

@@ -202,6 +202,22 @@ async fn cluster_a_write_on_one_node_is_applied_by_a_vehicle_on_another_and_watc
     .await
     .expect("the watcher on the third node sees the write applied");
     assert_eq!(seen, out.generation);
+
+    // Each node's cluster figures.
+    let metric = |text: &str, name: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+        line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let on_a = crate::metrics::scrape(d.vehicle_node().admin_addr()).await;
+    assert!(metric(&on_a, "tether_cluster_presence_claims_total") >= 1, "{on_a}");
+    assert_eq!(metric(&on_a, "tether_cluster_isolated"), 0);
+    let on_b = crate::metrics::scrape(d.app_node().admin_addr()).await;
+    assert!(metric(&on_b, "tether_cluster_publish_seconds_count") >= 1, "{on_b}");
+    eventually("each node sees the two others' leases", BOUND, || async {
+        let text = crate::metrics::scrape(d.watch_node().admin_addr()).await;
+        (metric(&text, "tether_cluster_nodes_live") == 2).then_some(())
+    })
+    .await;
     agent.shutdown().await;
 }
 

@@ -78,11 +78,13 @@ impl Shared {
             match self.renew(renew).await {
                 Ok(()) => {
                     last_renewed = Instant::now();
+                    self.stats.isolated.store(0, Ordering::Relaxed);
                     if self.isolated.send_replace(false) {
                         tracing::warn!("this node renews its cluster lease again: it takes sessions again");
                     }
                 }
                 Err(e) if last_renewed.elapsed() > lease => {
+                    self.stats.isolated.store(1, Ordering::Relaxed);
                     if !self.isolated.send_replace(true) {
                         tracing::error!(
                             error = %e,
@@ -110,7 +112,11 @@ impl Shared {
     /// Counts the nodes whose leases lapsed as gone: each vehicle they had
     /// claimed is offline here.
     fn bury(&self, lease: Duration) {
-        let gone = self.leases.lock().unwrap_or_else(|p| p.into_inner()).lapsed(lease);
+        let (gone, live) = {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            (leases.lapsed(lease), leases.seen.len())
+        };
+        self.stats.nodes_live.store(live as u64, Ordering::Relaxed);
         if gone.is_empty() {
             return;
         }

@@ -140,6 +140,7 @@ impl Shared {
             if let Ok(seq) = outcome {
                 v.pres_rev = v.pres_rev.max(seq);
                 v.own = Some((claim.session, seq));
+                crate::stats::bump(&self.stats.claims);
                 v.claimed_by = None;
             }
         });
