@@ -12,6 +12,7 @@
 //! at the end (or when dropped).
 
 pub mod baseline;
+pub mod cluster;
 pub mod counters;
 pub mod cpu;
 pub mod crash_rounds;

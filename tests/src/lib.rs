@@ -1,7 +1,7 @@
 //! Support for tether's end-to-end tests: a real tetherd on 127.0.0.1:0 (in
 //! process or as a child process), raw protocol clients, and bounded waits.
 
-pub mod nats;
+pub use tether_examples::nats;
 pub mod otlp;
 
 use std::future::Future;

@@ -49,11 +49,31 @@ pub struct LatencyReport {
 
 /// Runs the scenario against `server`.
 pub async fn run(server: &Tetherd, config: &LatencyConfig) -> anyhow::Result<LatencyReport> {
-    anyhow::ensure!(config.writes > 0, "measure at least one write");
     let url = server.url();
+    let (percentiles, writes_per_second) = measure(&url, &url, VEHICLE, config).await?;
+    Ok(LatencyReport {
+        scenario: "latency",
+        writes: config.writes,
+        percentiles,
+        writes_per_second,
+        cores: super::cores(),
+    })
+}
+
+/// Sequential writes to `vehicle`, its agent connected to `vehicle_url`,
+/// the app writing through `app_url` (the same node, or another node of a
+/// cluster), each waiting until APPLIED: the latency percentiles and the
+/// writes per second.
+pub async fn measure(
+    vehicle_url: &str,
+    app_url: &str,
+    vehicle: &str,
+    config: &LatencyConfig,
+) -> anyhow::Result<(Percentiles, f64)> {
+    anyhow::ensure!(config.writes > 0, "measure at least one write");
     // Instant actuators, and no rate limit: back-to-back writes to one window
     // are the point here, not something to refuse.
-    let agent = Agent::builder(url.clone(), VEHICLE)
+    let agent = Agent::builder(vehicle_url.to_string(), vehicle)
         .capability(SimCapability::new("windows", Duration::ZERO, Duration::ZERO))
         .default_rate_limit(Duration::ZERO)
         .spawn();
@@ -74,7 +94,7 @@ pub async fn run(server: &Tetherd, config: &LatencyConfig) -> anyhow::Result<Lat
     drop(events);
 
     // Every write differs from the one before, so none is debounced or a no-op.
-    let client = Client::connect(url).await?.with_debounce(Duration::ZERO);
+    let client = Client::connect(app_url.to_string()).await?.with_debounce(Duration::ZERO);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
     let mut measured_from = Instant::now();
     for i in 0..config.warmup + config.writes {
@@ -84,7 +104,7 @@ pub async fn run(server: &Tetherd, config: &LatencyConfig) -> anyhow::Result<Lat
         let percent = (i % 101) as u32;
         let start = Instant::now();
         let outcome = client
-            .set_desired(VEHICLE, Patch::new().window(Window::FrontLeft, percent))
+            .set_desired(vehicle, Patch::new().window(Window::FrontLeft, percent))
             .wait(WaitLevel::Applied)
             .timeout(WRITE_TIMEOUT)
             .await
@@ -99,14 +119,7 @@ pub async fn run(server: &Tetherd, config: &LatencyConfig) -> anyhow::Result<Lat
     }
     let elapsed = measured_from.elapsed();
     agent.shutdown().await;
-
-    Ok(LatencyReport {
-        scenario: "latency",
-        writes: config.writes,
-        percentiles: Percentiles::of(&histogram),
-        writes_per_second: round1(config.writes as f64 / elapsed.as_secs_f64()),
-        cores: super::cores(),
-    })
+    Ok((Percentiles::of(&histogram), round1(config.writes as f64 / elapsed.as_secs_f64())))
 }
 
 /// `x` to one decimal, so the JSON line stays readable.

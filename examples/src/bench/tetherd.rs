@@ -69,6 +69,11 @@ impl Tetherd {
         Self::spawn(options, data_dir, "127.0.0.1:0".parse().expect("a socket address")).await
     }
 
+    /// SIGKILL, and no restart.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("cannot kill tetherd")
+    }
+
     /// Stops it (`how`), then starts it again on the same address and data
     /// directory, and waits until it listens. Returns the new process and how
     /// long the node was away (from the stop to listening again).

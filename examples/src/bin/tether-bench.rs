@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tether_examples::bench::baseline::{self, BaselineOptions};
+use tether_examples::bench::cluster::{self, ClusterConfig};
 use tether_examples::bench::crash_rounds::{self, CrashRoundsConfig};
 use tether_examples::bench::fleet::FleetOptions;
 use tether_examples::bench::idle_memory::{self, IdleMemoryConfig, Security};
@@ -93,6 +94,13 @@ enum Scenario {
     /// (and its key still known). Acknowledged and lost writes per round;
     /// exits with a failure if any is lost.
     CrashRounds(CrashRoundsArgs),
+    /// One node (redb) against a cluster of three on NATS JetStream (3
+    /// nats-server processes from scripts/install-tools, R3, fsync always):
+    /// set -> APPLIED p50/p99 (one node; vehicle on the app's node; on
+    /// another), closed-loop writes/s (one node redb, one node NATS, three
+    /// nodes NATS), and for each fleet size the time from kill -9 of the node
+    /// holding the fleet until all are online elsewhere and re-synced.
+    Cluster(ClusterArgs),
     /// The raw-tonic baseline server alone (unary and bidi echo), on
     /// --listen; prints its address, stops when stdin closes. The write
     /// scenarios start it themselves.
@@ -234,6 +242,25 @@ struct CrashRoundsArgs {
     /// The random seed.
     #[arg(long, default_value_t = 15)]
     seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Measured set -> APPLIED writes per setup.
+    #[arg(long, default_value_t = 300)]
+    writes: usize,
+    /// Writes before measuring, per setup.
+    #[arg(long, default_value_t = 30)]
+    warmup: usize,
+    /// Closed-loop writers in flight.
+    #[arg(long, default_value_t = 16)]
+    writers: usize,
+    /// How long each closed-loop setup runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Fleet sizes for the kill measurement (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    fleets: Vec<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -423,6 +450,13 @@ async fn main() -> ExitCode {
             channels: a.channels,
             max_connections: a.max_connections,
         })],
+        Scenario::Cluster(a) => vec![Run::Cluster(ClusterConfig {
+            tetherd: options.clone(),
+            latency: LatencyConfig { writes: a.writes, warmup: a.warmup },
+            writers: a.writers,
+            duration: a.duration,
+            fleets: a.fleets.clone(),
+        })],
         Scenario::CrashRounds(a) => vec![Run::CrashRounds(CrashRoundsConfig {
             tetherd: options.clone(),
             rounds: a.rounds,
@@ -496,6 +530,7 @@ enum Run {
     FanOut(FanOutConfig),
     SilentSockets(SilentSocketsConfig),
     CrashRounds(CrashRoundsConfig),
+    Cluster(ClusterConfig),
 }
 
 impl Run {
@@ -523,6 +558,7 @@ impl Run {
                 anyhow::ensure!(report.lost == 0, "{} acknowledged write(s) lost", report.lost);
                 return Ok(());
             }
+            Run::Cluster(config) => return cluster::run(config).await.map(|r| print_report(&r)),
             Run::Latency(_) | Run::IdleMemory(_) => {}
         }
         let server = Tetherd::start(options).await?;
@@ -536,7 +572,8 @@ impl Run {
             | Run::MaxThroughput(_)
             | Run::FanOut(_)
             | Run::SilentSockets(_)
-            | Run::CrashRounds(_) => unreachable!("handled above"),
+            | Run::CrashRounds(_)
+            | Run::Cluster(_) => unreachable!("handled above"),
         };
         server.stop().await?;
         outcome

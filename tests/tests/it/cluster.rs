@@ -721,3 +721,79 @@ async fn cluster_a_flooded_feed_still_converges_on_the_stored_state() {
     .await
     .expect("the watcher on C sees the last write");
 }
+
+/// The NATS link authenticated, with permissions limited to tether's
+/// subjects and stream: the cluster works, and the same user can touch
+/// nothing else. (Off loopback, TLS and credentials are required before the
+/// start: `config.rs`, tested in `config`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_runs_with_a_nats_user_limited_to_tethers_subjects_and_stream() {
+    // What tetherd needs of NATS, and nothing more: its subjects, the
+    // JetStream API of its own stream, and replies.
+    const ACCOUNTS: &str = r#"
+accounts {
+  FLEET: {
+    jetstream: enabled
+    users: [{
+      user: tether, password: "s3cret-fleet-pass",
+      permissions: {
+        publish: { allow: ["tether.>", "$JS.API.INFO", "$JS.API.STREAM.INFO.TETHER", "$JS.API.STREAM.CREATE.TETHER",
+                           "$JS.API.STREAM.MSG.GET.TETHER", "$JS.API.DIRECT.GET.TETHER.>",
+                           "$JS.API.CONSUMER.CREATE.TETHER", "$JS.API.CONSUMER.CREATE.TETHER.>",
+                           "$JS.API.CONSUMER.INFO.TETHER.>", "$JS.API.CONSUMER.DELETE.TETHER.>",
+                           "$JS.API.CONSUMER.MSG.NEXT.TETHER.>", "$JS.ACK.TETHER.>", "$JS.FC.>"] }
+        subscribe: { allow: ["_INBOX.>"] }
+      }
+    }]
+  }
+  SYS: { users: [{ user: sys, password: "sys-pass-not-used" }] }
+}
+system_account: SYS
+"#;
+    let nats = NatsCluster::start_with_config(3, ACCOUNTS).await;
+    let d = Deployment::cluster_at(&nats.urls(), |c| {
+        c.cluster_stream = "TETHER".into();
+        c.cluster_nats_user = Some("tether".into());
+        c.cluster_nats_password = Some("s3cret-fleet-pass".into());
+    })
+    .await;
+    let [a, b, _] = d.nodes() else { panic!("three nodes") };
+    let agent = Agent::builder(a.url(), "car-auth")
+        .capability(RecordingCapability::new("windows"))
+        .default_rate_limit(Duration::ZERO)
+        .spawn();
+    let mut events = agent.events();
+    crate::command_path::event(&mut events, |e| matches!(e, AgentEvent::Connected { .. })).await;
+    let app = Client::connect(b.url()).await.unwrap();
+    let out = app.set_desired("car-auth", Patch::new().window(Window::FrontLeft, 5)).wait(WaitLevel::Applied).await;
+    assert_eq!(out.expect("applied across nodes").fields[0].status, FieldStatus::Applied);
+    agent.shutdown().await;
+
+    // The same user may not publish outside tether's subjects, nor reach
+    // another stream's API.
+    let servers: Vec<async_nats::ServerAddr> = nats.urls().split(',').map(|u| u.parse().unwrap()).collect();
+    let (errors, mut denied) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_user_and_password("tether".into(), "s3cret-fleet-pass".into())
+        .event_callback(move |event| {
+            let errors = errors.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = errors.send(e.to_string());
+                }
+            }
+        })
+        .connect(servers)
+        .await
+        .expect("the user connects");
+    client.publish("other.subject", "x".into()).await.unwrap();
+    client.flush().await.unwrap();
+    let refusal = tokio::time::timeout(BOUND, denied.recv()).await.expect("a refusal in time").unwrap();
+    assert!(refusal.to_lowercase().contains("permissions violation"), "{refusal}");
+    let js = jetstream::new(client);
+    let other = js.create_stream(stream::Config {
+        name: "OTHER".into(),
+        subjects: vec!["other.>".into()],
+        ..Default::default()
+    });
+    assert!(other.await.is_err(), "no other stream for tether's user");
+}

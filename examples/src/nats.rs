@@ -1,4 +1,4 @@
-//! Real nats-server processes for the cluster tests: a JetStream cluster of
+//! Real nats-server processes for the cluster tests and benchmarks: a JetStream cluster of
 //! N nodes on loopback ports chosen free, each an OS process in a temporary
 //! directory, `sync_interval: always` (an acknowledged write is on disk), and
 //! killable one by one with SIGKILL. The binary is the project's own
@@ -16,9 +16,9 @@ use tokio::process::{Child, Command};
 /// How long a cluster may take to form (seen: 8-10 s for 3 nodes).
 const FORM_BOUND: Duration = Duration::from_secs(60);
 
-/// The repository's root (this crate is `tests/`).
+/// The repository's root (this crate is `examples/`).
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("examples/ has a parent").to_path_buf()
 }
 
 /// The nats-server binary, installed by the project's script if missing.
@@ -53,6 +53,8 @@ pub struct NatsCluster {
     /// Nodes do not tell clients of each other (`no_advertise`): a client
     /// given one node's address loses NATS with that node.
     no_advertise: bool,
+    /// More configuration for every node (accounts, users).
+    extra: String,
 }
 
 impl std::fmt::Debug for NatsCluster {
@@ -73,23 +75,36 @@ impl NatsCluster {
     /// Starts `nodes` nodes (1: a single JetStream server, no cluster) and
     /// waits until each reports JetStream healthy.
     pub async fn start(nodes: usize) -> Self {
-        Self::start_guarded(nodes, false, false).await
+        Self::start_guarded(nodes, false, false, "").await
     }
 
     /// Like [`start`](Self::start), the nodes not advertising each other to
     /// clients, so a client of one node is cut off when that node dies.
     pub async fn start_without_discovery(nodes: usize) -> Self {
-        Self::start_guarded(nodes, false, true).await
+        Self::start_guarded(nodes, false, true, "").await
     }
 
-    async fn start_guarded(nodes: usize, guarded: bool, no_advertise: bool) -> Self {
+    /// Like [`start`](Self::start), with `extra` added to every node's
+    /// configuration (e.g. `accounts { ... }` with users and permissions).
+    pub async fn start_with_config(nodes: usize, extra: &str) -> Self {
+        Self::start_guarded(nodes, false, false, extra).await
+    }
+
+    async fn start_guarded(nodes: usize, guarded: bool, no_advertise: bool, extra: &str) -> Self {
         let binary = nats_server();
         for attempt in 1..=3 {
             let dir = tempfile::Builder::new().prefix("tether-nats-").tempdir().expect("tempdir");
             let ports: Vec<Ports> =
                 free_ports(nodes * 3).chunks(3).map(|p| Ports { client: p[0], cluster: p[1], monitor: p[2] }).collect();
-            let mut cluster =
-                NatsCluster { binary: binary.clone(), dir, ports, nodes: Vec::new(), guarded, no_advertise };
+            let mut cluster = NatsCluster {
+                binary: binary.clone(),
+                dir,
+                ports,
+                nodes: Vec::new(),
+                guarded,
+                no_advertise,
+                extra: extra.to_string(),
+            };
             for i in 0..nodes {
                 let child = cluster.spawn(i);
                 cluster.nodes.push(Some(child));
@@ -123,6 +138,7 @@ impl NatsCluster {
                 self.no_advertise
             ));
         }
+        config.push_str(&self.extra);
         config
     }
 
@@ -251,7 +267,7 @@ pub fn shared() -> &'static str {
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
                 runtime.block_on(async move {
-                    let cluster = NatsCluster::start_guarded(3, true, false).await;
+                    let cluster = NatsCluster::start_guarded(3, true, false, "").await;
                     tx.send(cluster.urls()).expect("the test waits");
                     // Keeps the nodes (and this thread, their parent) alive.
                     let _cluster = cluster;
