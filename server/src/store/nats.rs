@@ -43,6 +43,8 @@ use super::{
 
 /// The oldest nats-server with atomic batches and per-message TTLs.
 const MIN_SERVER: (u64, u64) = (2, 12);
+/// The oldest JetStream API level with atomic batch publish.
+const MIN_API_LEVEL: usize = 2;
 /// The header naming the node that published a record.
 const NODE_HEADER: &str = "Tether-Node";
 /// How long a reload waits for this node's feed to reach what the stream's
@@ -209,6 +211,7 @@ impl NatsStore {
         check_server(&client.server_info())?;
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new(&options.stream.to_ascii_lowercase());
+        check_api_level(&js).await?;
         let stream = open_stream(&js, &options, &subjects).await?;
         let shared = Arc::new(Shared {
             client,
@@ -274,6 +277,24 @@ fn check_server(info: &async_nats::ServerInfo) -> Result<(), StoreError> {
     }
     if !info.jetstream {
         return Err(StoreError::new(format!("nats-server {} at {} has JetStream off", info.version, info.host)));
+    }
+    Ok(())
+}
+
+/// Refuses a JetStream whose API level lacks atomic batch publish (level 2,
+/// nats-server 2.12): a server may report a newer version behind a proxy or
+/// in a mixed cluster whose JetStream still runs an older level.
+async fn check_api_level(js: &jetstream::Context) -> Result<(), StoreError> {
+    let account = until_ready(|| async {
+        js.query_account().await.map_err(|e| StoreError::new(format!("reading the JetStream account: {e}")))
+    })
+    .await?;
+    let level = account.requests.level;
+    if level < MIN_API_LEVEL {
+        return Err(StoreError::new(format!(
+            "the JetStream API level is {level}: tether needs {MIN_API_LEVEL} or newer (atomic batch publish, \
+             nats-server 2.12)"
+        )));
     }
     Ok(())
 }
