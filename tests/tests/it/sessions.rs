@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tether_proto::app::v1::GetVehicleRequest;
 use tether_proto::vehicle::v1::{GoodbyeReason, server_message};
-use tether_tests::{BOUND, RawVehicle, TestServer, eventually};
+use tether_tests::{BOUND, Deployment, RawVehicle, TestServer, eventually, on_both};
 
 #[tokio::test]
 async fn a_second_connection_supersedes_the_first_which_never_comes_back() {
@@ -144,15 +144,14 @@ async fn a_thousand_vehicles_connect_and_disconnect_and_counts_return_to_idle() 
     assert_eq!(stats.sessions_opened, 1000);
 }
 
-#[tokio::test]
-async fn an_outcome_lost_with_the_link_arrives_with_the_next_hello() {
+on_both!(an_outcome_lost_with_the_link_arrives_with_the_next_hello);
+async fn an_outcome_lost_with_the_link_arrives_with_the_next_hello(d: Deployment) {
     use tether_proto::RawState;
     use tether_proto::common::v1::FieldStatus;
     use tether_proto::vehicle::v1::{FieldResult, Hello};
 
-    let server = TestServer::start().await;
-    let mut app = server.app().await;
-    let (mut v, _) = RawVehicle::connect(server.channel().await, "car-lost", 0).await;
+    let mut app = d.app_node().app().await;
+    let (mut v, _) = RawVehicle::connect(d.vehicle_node().channel().await, "car-lost", 0).await;
     app.set_desired(crate::set("car-lost", "k", crate::window(100))).await.unwrap();
     let desired = match v.next_non_heartbeat().await {
         Some(server_message::Kind::Desired(d)) => d,
@@ -174,21 +173,24 @@ async fn an_outcome_lost_with_the_link_arrives_with_the_next_hello() {
             message: "not parked".into(),
         }],
     };
-    let mut v = RawVehicle::open(server.channel().await, hello).await.unwrap();
+    let mut v = RawVehicle::open(d.vehicle_node().channel().await, hello).await.unwrap();
     assert!(matches!(v.next().await, Some(server_message::Kind::Welcome(_))));
-    let field = app.get_vehicle(GetVehicleRequest { vehicle_id: "car-lost".into() }).await.unwrap().into_inner().fields
-        [0]
-    .clone();
+    // On a cluster the app's node reads it a moment later, from the stream.
+    let field = eventually("the outcome reaches the app's node", BOUND, || async {
+        let view = app.clone().get_vehicle(GetVehicleRequest { vehicle_id: "car-lost".into() }).await.ok()?;
+        let field = view.into_inner().fields[0].clone();
+        (field.status == FieldStatus::Rejected as i32).then_some(field)
+    })
+    .await;
     assert_eq!((field.status, field.reason.as_str()), (FieldStatus::Rejected as i32, "precondition:parked"));
 }
 
-#[tokio::test]
-async fn a_vehicle_on_a_newer_contract_may_report_fields_this_server_lacks() {
+on_both!(a_vehicle_on_a_newer_contract_may_report_fields_this_server_lacks);
+async fn a_vehicle_on_a_newer_contract_may_report_fields_this_server_lacks(d: Deployment) {
     use prost::Message;
     use tether_proto::RawState;
     use tether_proto::vehicle::v1::{Hello, Report, vehicle_message};
 
-    let server = TestServer::start().await;
     // Known field windows.front_left = 7, plus field 50 the server's contract lacks.
     let mut bytes = crate::window(7).encode_to_vec();
     bytes.extend_from_slice(&[0x92, 0x03, 0x02, 0x08, 0x02]); // field 50 { field 1: 2 }
@@ -200,14 +202,19 @@ async fn a_vehicle_on_a_newer_contract_may_report_fields_this_server_lacks() {
         actual: Some(actual.clone()),
         results: vec![],
     };
-    let mut v = RawVehicle::open(server.channel().await, hello).await.unwrap();
+    let mut v = RawVehicle::open(d.vehicle_node().channel().await, hello).await.unwrap();
     assert!(matches!(v.next().await, Some(server_message::Kind::Welcome(_))));
     v.send(vehicle_message::Kind::Report(Report { observed_generation: 0, actual: Some(actual), results: vec![] }))
         .await;
     v.heartbeat(1).await;
     assert!(matches!(v.next().await, Some(server_message::Kind::Heartbeat(_))), "the session lives on");
-    let mut app = server.app().await;
-    let view = app.get_vehicle(GetVehicleRequest { vehicle_id: "car-new".into() }).await.unwrap().into_inner();
+    let app = d.app_node().app().await;
+    // On a cluster the app's node reads it a moment later, from the stream.
+    let view = eventually("the report reaches the app's node", BOUND, || async {
+        let view = app.clone().get_vehicle(GetVehicleRequest { vehicle_id: "car-new".into() }).await.ok()?.into_inner();
+        (view.presence.as_ref()?.online && view.actual.is_some()).then_some(view)
+    })
+    .await;
     assert_eq!(view.actual.unwrap().decode_typed().unwrap(), crate::window(7));
     assert!(view.presence.unwrap().online);
 }
