@@ -1,4 +1,5 @@
-//! `tether stats`: the counts a tetherd node holds now (AdminService).
+//! `tether stats`: the counts a tetherd node holds now (AdminService), and a
+//! cluster node's figures.
 
 use tether_sdk::Client;
 use tether_sdk::pb::admin::v1::ServerStats;
@@ -21,9 +22,10 @@ pub(crate) async fn run(client: &Client, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The counts by name, in the contract's order.
-fn rows(s: &ServerStats) -> [(&'static str, u64); 10] {
-    [
+/// The counts by name, in the contract's order (a cluster node's under
+/// `cluster.`).
+fn rows(s: &ServerStats) -> Vec<(&'static str, u64)> {
+    let mut rows = vec![
         ("connections", s.connections),
         ("sessions", s.sessions),
         ("tasks", s.tasks),
@@ -34,5 +36,18 @@ fn rows(s: &ServerStats) -> [(&'static str, u64); 10] {
         ("sessions_opened", s.sessions_opened),
         ("sessions_timed_out", s.sessions_timed_out),
         ("sessions_superseded", s.sessions_superseded),
-    ]
+    ];
+    if let Some(c) = &s.cluster {
+        rows.extend([
+            ("cluster.nodes_live", c.nodes_live),
+            ("cluster.isolated", u64::from(c.isolated)),
+            ("cluster.save_conflicts", c.save_conflicts),
+            ("cluster.conflicts_retried", c.conflicts_retried),
+            ("cluster.presence_claims", c.presence_claims),
+            ("cluster.feed_restarts", c.feed_restarts),
+            ("cluster.saves_published", c.saves_published),
+            ("cluster.publish_mean_micros", c.publish_mean_micros),
+        ]);
+    }
+    rows
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tether_proto::admin::v1::admin_service_server::AdminService;
-use tether_proto::admin::v1::{GetServerStatsRequest, ServerStats};
+use tether_proto::admin::v1::{ClusterStats, GetServerStatsRequest, ServerStats};
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
@@ -40,6 +40,19 @@ impl AdminApi {
             sessions_opened: get(&s.sessions_opened),
             sessions_timed_out: get(&s.sessions_timed_out),
             sessions_superseded: get(&s.sessions_superseded),
+            cluster: self.hub.store().cluster_stats().map(|c| {
+                let (published, micros) = (get(&c.publish.count), get(&c.publish.sum_micros));
+                ClusterStats {
+                    nodes_live: get(&c.nodes_live),
+                    isolated: get(&c.isolated) != 0,
+                    save_conflicts: get(&c.conflicts),
+                    conflicts_retried: get(&s.conflicts_retried),
+                    presence_claims: get(&c.claims),
+                    feed_restarts: get(&c.feed_restarts),
+                    saves_published: published,
+                    publish_mean_micros: micros.checked_div(published).unwrap_or(0),
+                }
+            }),
         }
     }
 }

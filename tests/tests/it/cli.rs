@@ -8,7 +8,7 @@ use tether_tests::TestServer;
 
 use crate::command_path::event;
 
-async fn tether(server: &TestServer, args: &[&str]) -> Output {
+pub(crate) async fn tether(server: &TestServer, args: &[&str]) -> Output {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether-cli-under-test"))
         .arg("--server")
         .arg(server.url())

@@ -218,6 +218,13 @@ async fn cluster_a_write_on_one_node_is_applied_by_a_vehicle_on_another_and_watc
         (metric(&text, "tether_cluster_nodes_live") == 2).then_some(())
     })
     .await;
+    // And through the admin API, as `tether stats` shows them.
+    let stats = server_stats(d.vehicle_node().channel().await).await;
+    let cluster = stats.cluster.expect("a cluster node's figures");
+    assert!(cluster.presence_claims >= 1 && !cluster.isolated, "{cluster:?}");
+    let out = crate::cli::tether(d.app_node(), &["stats"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("cluster.saves_published"), "{text}");
     agent.shutdown().await;
 }
 

@@ -36,6 +36,38 @@ pub struct ServerStats {
     /// Sessions superseded since start.
     #[prost(uint64, tag = "10")]
     pub sessions_superseded: u64,
+    /// The node's cluster figures; absent on a node with the embedded store.
+    #[prost(message, optional, tag = "11")]
+    pub cluster: ::core::option::Option<ClusterStats>,
+}
+/// A cluster node's figures (tetherd --cluster-nats).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClusterStats {
+    /// Other nodes whose leases this node sees renewed.
+    #[prost(uint64, tag = "1")]
+    pub nodes_live: u64,
+    /// Whether this node cannot renew its own lease (cut off: NOT_SERVING, its
+    /// sessions ended).
+    #[prost(bool, tag = "2")]
+    pub isolated: bool,
+    /// Saves refused because another node changed the vehicle first, since start.
+    #[prost(uint64, tag = "3")]
+    pub save_conflicts: u64,
+    /// Calls applied again after such a conflict, since start.
+    #[prost(uint64, tag = "4")]
+    pub conflicts_retried: u64,
+    /// Presence claims this node committed, since start.
+    #[prost(uint64, tag = "5")]
+    pub presence_claims: u64,
+    /// Times this node followed the stream again after its feed stalled.
+    #[prost(uint64, tag = "6")]
+    pub feed_restarts: u64,
+    /// Saves published to the stream, since start.
+    #[prost(uint64, tag = "7")]
+    pub saves_published: u64,
+    /// Mean time from a save's publish to the stream's answer, in microseconds.
+    #[prost(uint64, tag = "8")]
+    pub publish_mean_micros: u64,
 }
 /// Generated client implementations.
 pub mod admin_service_client {
