@@ -19,8 +19,8 @@ pub use crate::router::Change;
 use crate::router::Router;
 use crate::stats::Stats;
 use crate::store::{
-    AuditEntry, Claim, Durable, DurableRows, OnCommit, PresenceHook, Reload, ReloadCause, ReloadHook, RemotePresence,
-    Store, StoreError, StoredRows, Urgency, decode_record, encode_save,
+    AuditEntry, Claim, Claimed, Durable, DurableRows, OnCommit, PresenceHook, Reload, ReloadCause, ReloadHook,
+    RemotePresence, Store, StoreError, StoredRows, Urgency, decode_record, encode_save,
 };
 use tether_proto::vehicle::v1::GoodbyeReason;
 
@@ -567,8 +567,9 @@ impl Hub {
     /// Opens session `id` (from [`Hub::next_session_id`]) for a vehicle,
     /// superseding (and kicking) any live one that arrived before it.
     /// Returns the receiver through which this session may itself be kicked
-    /// later, or [`Stale`] (and changes nothing) when the live session's
-    /// stream arrived after this one's.
+    /// later, and the session's presence claim in the store (a cluster's
+    /// fencing; at once on one node), or [`Stale`] (and changes nothing)
+    /// when the live session's stream arrived after this one's.
     pub fn open_session(
         &self,
         cell: &VehicleCell,
@@ -576,7 +577,7 @@ impl Hub {
         agent_version: &str,
         now: SystemTime,
         on_open: impl FnOnce(&mut VehicleInner) -> Change,
-    ) -> Result<oneshot::Receiver<Kick>, Stale> {
+    ) -> Result<(oneshot::Receiver<Kick>, Claimed), Stale> {
         let (kick, kicked) = oneshot::channel();
         self.update(cell, |inner| {
             let p = &mut inner.presence;
@@ -606,9 +607,9 @@ impl Hub {
             (Ok(kicked), change)
         })
         .0
-        .inspect(|_| {
+        .map(|kicked| {
             let claim = Claim { session: id, connected_at: now, agent_version: agent_version.to_string() };
-            self.store.claim(&cell.id, claim);
+            (kicked, self.store.claim(&cell.id, claim))
         })
     }
 

@@ -40,11 +40,14 @@ pub enum HandshakeFailure {
     /// A connection that had said nothing yet was closed at the connection
     /// cap to make room for a new one.
     Evicted,
+    /// The node could not claim the vehicle in its cluster (cut off from
+    /// NATS, or the claim was not taken in time).
+    Cluster,
 }
 
 impl HandshakeFailure {
     /// Every reason, in label order.
-    pub const ALL: [HandshakeFailure; 13] = [
+    pub const ALL: [HandshakeFailure; 14] = [
         HandshakeFailure::Timeout,
         HandshakeFailure::NotHello,
         HandshakeFailure::InvalidVehicleId,
@@ -58,6 +61,7 @@ impl HandshakeFailure {
         HandshakeFailure::NoIdentity,
         HandshakeFailure::Silent,
         HandshakeFailure::Evicted,
+        HandshakeFailure::Cluster,
     ];
 
     /// The metric label.
@@ -76,6 +80,7 @@ impl HandshakeFailure {
             HandshakeFailure::NoIdentity => "no_identity",
             HandshakeFailure::Silent => "silent",
             HandshakeFailure::Evicted => "evicted",
+            HandshakeFailure::Cluster => "cluster",
         }
     }
 }

@@ -124,6 +124,9 @@ pub struct Claim {
     pub agent_version: String,
 }
 
+/// Resolves once a presence claim is committed (or could not be).
+pub type Claimed = oneshot::Receiver<Result<(), StoreError>>;
+
 /// Called by the store (on its writer) for each [`Reload`].
 pub type ReloadHook = Arc<dyn Fn(Reload) + Send + Sync>;
 
@@ -253,7 +256,12 @@ pub trait Store: Send + Sync + 'static {
     /// Claims the vehicle's presence for a session of this node (in a
     /// cluster: compare-and-set on the vehicle's presence, so the last claim
     /// wins and the node of an older session ends it). Nothing on one node.
-    fn claim(&self, _vehicle: &Arc<str>, _claim: Claim) {}
+    /// Resolves once the claim is committed (or could not be).
+    fn claim(&self, _vehicle: &Arc<str>, _claim: Claim) -> Claimed {
+        let (done, claimed) = oneshot::channel();
+        let _ = done.send(Ok(()));
+        claimed
+    }
 
     /// Ends this node's claim for `session`, unless a newer claim replaced
     /// it. Nothing on one node.

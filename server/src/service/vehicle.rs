@@ -202,7 +202,7 @@ impl Session {
             return;
         }
         if *hub.store().isolated().borrow() {
-            failed(HandshakeFailure::Draining);
+            failed(HandshakeFailure::Cluster);
             let retry = "this node lost its link to the cluster: connect to another node".to_string();
             let _ = tx.send(fail(ApiError::ShuttingDown(retry))).await;
             return;
@@ -219,7 +219,7 @@ impl Session {
             Change { actual: true, status: true, ..Change::NONE }
         });
         let kicked = match opened {
-            Ok(kicked) => kicked,
+            Ok(opened) => opened,
             Err(stale) => {
                 // A newer connection of this vehicle said Hello first: this
                 // one is the older, and is superseded before it begins.
@@ -231,6 +231,25 @@ impl Session {
                 return;
             }
         };
+        // In a cluster the session is welcomed only once its claim of the
+        // vehicle is committed (its fencing token): a node that cannot claim
+        // sends the vehicle to another.
+        let (kicked, claimed) = kicked;
+        let bound = config.handshake_timeout;
+        let why = match tokio::time::timeout(bound, claimed).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(e.reason),
+            Ok(Err(_)) => Some("the store stopped".to_string()),
+            Err(_) => Some(format!("no answer within {bound:?}")),
+        };
+        if let Some(why) = why {
+            failed(HandshakeFailure::Cluster);
+            hub.close_session(&cell, session_id, SystemTime::now());
+            tracing::warn!(vehicle = %cell.id, session = session_id, %why, "refused: cannot claim the vehicle");
+            let retry = format!("cannot claim the vehicle in the cluster ({why}): connect to another node");
+            let _ = tx.send(fail(ApiError::ShuttingDown(retry))).await;
+            return;
+        }
         // The record's generation may have risen to what the vehicle already
         // handled, which adds no write: if all before it was committed, so is
         // the record now.

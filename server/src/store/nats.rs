@@ -37,8 +37,8 @@ use crate::stats::ClusterStats;
 use self::publish::{Failure, Message, publish};
 use self::subject::{Kind, Subjects};
 use super::{
-    AuditEntry, Claim, Durable, DurableRows, PresenceHook, RecordSave, Reload, ReloadCause, ReloadHook, RemotePresence,
-    Store, StoreError, StoreHealth, StoredRows,
+    AuditEntry, Claim, Claimed, Durable, DurableRows, PresenceHook, RecordSave, Reload, ReloadCause, ReloadHook,
+    RemotePresence, Store, StoreError, StoreHealth, StoredRows,
 };
 
 /// The oldest nats-server with atomic batches and per-message TTLs.
@@ -979,10 +979,12 @@ impl Store for NatsStore {
         true
     }
 
-    fn claim(&self, vehicle: &Arc<str>, claim: Claim) {
+    fn claim(&self, vehicle: &Arc<str>, claim: Claim) -> Claimed {
         // Counted now: a release that comes before the claim is sent waits for it.
         self.shared.with(vehicle, |v| v.claiming += 1);
-        self.shared.runtime.spawn(self.shared.clone().claim(vehicle.clone(), claim));
+        let (done, claimed) = oneshot::channel();
+        self.shared.runtime.spawn(self.shared.clone().claim(vehicle.clone(), claim, done));
+        claimed
     }
 
     fn release(&self, vehicle: &Arc<str>, session: u64, last_seen: SystemTime) {

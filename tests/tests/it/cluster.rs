@@ -90,6 +90,11 @@ async fn cluster_jetstream_keeps_atomic_compare_and_set_batches_through_a_leader
     let client = async_nats::connect(servers).await.expect("connects");
     let js = jetstream::new(client.clone());
     let mut check = stream(&js).await;
+    // A new R3 stream answers once its replicas elected a leader.
+    eventually("the new stream has a leader", BOUND, || async {
+        js.get_stream("TETHER_CHECK").await.ok()?.info().await.ok()?.cluster.as_ref()?.leader.clone()
+    })
+    .await;
 
     // A write: record, key and audit record together, the record's subject
     // empty so far (expected last sequence 0).
@@ -676,7 +681,9 @@ async fn cluster_kill_9_of_the_stream_leader_under_writes_loses_no_accepted_writ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_flooded_feed_still_converges_on_the_stored_state() {
     const FLOOD: usize = 70_000;
-    let d = Deployment::cluster().await;
+    // A cluster of its own: the flood would slow every other test's stream.
+    let nats = NatsCluster::start(3).await;
+    let d = Deployment::cluster_at(&nats.urls(), |_| {}).await;
     let [_, b, c] = d.nodes() else { panic!("three nodes") };
     let app = Client::connect(b.url()).await.unwrap().with_debounce(Duration::ZERO);
     app.set_desired("car-flood", Patch::new().window(Window::FrontLeft, 1)).await.unwrap();
@@ -687,8 +694,7 @@ async fn cluster_a_flooded_feed_still_converges_on_the_stored_state() {
     // The flood: leases of nodes that do not exist, on the stream's subjects
     // that every node follows (each one a message its feed must read).
     let stream = d.stream_name();
-    let servers: Vec<async_nats::ServerAddr> =
-        tether_tests::nats::shared().split(',').map(|u| u.parse().unwrap()).collect();
+    let servers: Vec<async_nats::ServerAddr> = nats.urls().split(',').map(|u| u.parse().unwrap()).collect();
     let js = jetstream::new(async_nats::connect(servers).await.unwrap());
     let prefix = stream.to_ascii_lowercase();
     let flood = tokio::spawn(async move {

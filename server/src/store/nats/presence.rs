@@ -106,7 +106,12 @@ impl Shared {
     /// Claims `vehicle` for session `claim` of this node, again on top of any
     /// claim that got in first, until the stream takes it or the deadline
     /// passes.
-    pub(super) async fn claim(self: Arc<Self>, vehicle: Arc<str>, claim: Claim) {
+    pub(super) async fn claim(
+        self: Arc<Self>,
+        vehicle: Arc<str>,
+        claim: Claim,
+        done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    ) {
         let body = Body {
             node: self.options.node.clone(),
             boot: self.boot.load(std::sync::atomic::Ordering::Relaxed),
@@ -144,9 +149,10 @@ impl Shared {
                 v.claimed_by = None;
             }
         });
-        if let Err(e) = outcome {
+        if let Err(e) = &outcome {
             tracing::warn!(vehicle = %vehicle, session = claim.session, error = %e, "cannot claim the vehicle's presence");
         }
+        let _ = done.send(outcome.map(|_| ()));
     }
 
     /// Ends this node's claim for `session`, if it is still the vehicle's

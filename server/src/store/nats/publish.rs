@@ -31,8 +31,9 @@ pub(super) enum Failure {
     Failed(String),
 }
 
-/// The JetStream error code of a wrong expected last sequence.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// The JetStream error codes of a wrong expected last sequence (10164: the
+/// subject was expected empty).
+const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
 
 /// Publishes `messages` (one, or several as one atomic batch) and returns the
 /// stream sequence of the last one, retrying what the stream did not take
@@ -80,6 +81,8 @@ async fn single(js: &async_nats::jetstream::Context, m: &Message) -> Result<u64,
         Ok(ack) => Ok(ack.sequence),
         Err(e) => Err(match e.kind() {
             PublishErrorKind::WrongLastSequence => Try::Final(Failure::Conflict(e.to_string())),
+            // async-nats names only 10071; 10164 (expected empty) is the same refusal.
+            _ if e.to_string().contains("wrong last sequence") => Try::Final(Failure::Conflict(e.to_string())),
             PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
                 Try::Again(e.to_string())
             }
@@ -136,7 +139,7 @@ fn refusal(payload: &[u8]) -> Option<Try> {
     let error = reply.get("error")?;
     let code = error["err_code"].as_u64().unwrap_or(0);
     let text = format!("{} (code {code})", error["description"].as_str().unwrap_or("refused"));
-    Some(if code == WRONG_LAST_SEQUENCE {
+    Some(if WRONG_LAST_SEQUENCE.contains(&code) {
         Try::Final(Failure::Conflict(text))
     } else if error["code"].as_u64() == Some(503) {
         // No leader yet, or the stream is catching up.
