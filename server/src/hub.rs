@@ -240,18 +240,9 @@ fn reload_hook(
     limits: KeyLimits,
 ) -> ReloadHook {
     Arc::new(move |reload: Reload| {
-        let known = vehicles.read().unwrap_or_else(|p| p.into_inner()).get(&reload.vehicle).cloned();
-        let cell = match known {
-            Some(cell) => cell,
-            // A vehicle another node created.
-            None if matches!(reload.rows, DurableRows::Known(Some(_))) => vehicles
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(reload.vehicle.clone())
-                .or_insert_with_key(|id| Arc::new(VehicleCell::new(id.clone(), VehicleRecord::default())))
-                .clone(),
-            None => return,
-        };
+        // An unknown vehicle with rows is one another node created.
+        let create = matches!(reload.rows, DurableRows::Known(Some(_)));
+        let Some(cell) = cell_of(&vehicles, &reload.vehicle, create) else { return };
         let mut inner = cell.lock();
         if inner.epoch >= reload.valid_from {
             return;
@@ -300,32 +291,42 @@ fn reload_hook(
     })
 }
 
+/// The vehicle's cell, created empty if unknown and `create`.
+fn cell_of(vehicles: &Vehicles, id: &str, create: bool) -> Option<Arc<VehicleCell>> {
+    if let Some(cell) = vehicles.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+        return Some(cell.clone());
+    }
+    create.then(|| {
+        vehicles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(Arc::from(id))
+            .or_insert_with_key(|id| Arc::new(VehicleCell::new(id.clone(), VehicleRecord::default())))
+            .clone()
+    })
+}
+
+/// Ends a live session that a newer one (`by`) replaced: Goodbye SUPERSEDED.
+fn supersede(stats: &Stats, old: LiveSession, by: &str) {
+    crate::stats::bump(&stats.sessions_superseded);
+    if let Some(kick) = old.kick {
+        let _ = kick.send(Kick {
+            reason: GoodbyeReason::Superseded,
+            message: format!("session {} superseded by {by}", old.id),
+        });
+    }
+}
+
 /// What the store calls when another node's session of a vehicle starts
 /// (the session here, older, ends SUPERSEDED) or ends.
 fn presence_hook(vehicles: Vehicles, stats: Arc<Stats>) -> PresenceHook {
     Arc::new(move |p: RemotePresence| {
-        let known = vehicles.read().unwrap_or_else(|e| e.into_inner()).get(&p.vehicle).cloned();
-        let cell = match known {
-            Some(cell) => cell,
-            None if p.online => vehicles
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(p.vehicle.clone())
-                .or_insert_with_key(|id| Arc::new(VehicleCell::new(id.clone(), VehicleRecord::default())))
-                .clone(),
-            None => return,
-        };
+        let Some(cell) = cell_of(&vehicles, &p.vehicle, p.online) else { return };
         let mut inner = cell.lock();
         let presence = &mut inner.presence;
         if p.online {
             if let Some(old) = presence.live.take() {
-                crate::stats::bump(&stats.sessions_superseded);
-                if let Some(kick) = old.kick {
-                    let _ = kick.send(Kick {
-                        reason: GoodbyeReason::Superseded,
-                        message: format!("session {} superseded by session {} on node {}", old.id, p.session, p.node),
-                    });
-                }
+                supersede(&stats, old, &format!("session {} on node {}", p.session, p.node));
             }
             *presence = Presence {
                 remote: Some(RemoteSession { node: p.node, session: p.session }),
@@ -442,18 +443,12 @@ impl Hub {
 
     /// The vehicle, if known.
     pub fn get(&self, id: &str) -> Option<Arc<VehicleCell>> {
-        self.vehicles.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        cell_of(&self.vehicles, id, false)
     }
 
     /// The vehicle, created empty if unknown.
     pub fn get_or_create(&self, id: &str) -> Arc<VehicleCell> {
-        if let Some(cell) = self.get(id) {
-            return cell;
-        }
-        let mut map = self.vehicles.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(Arc::from(id))
-            .or_insert_with_key(|id| Arc::new(VehicleCell::new(id.clone(), VehicleRecord::default())))
-            .clone()
+        cell_of(&self.vehicles, id, true).expect("created")
     }
 
     /// How many vehicles the node holds.
@@ -585,13 +580,7 @@ impl Hub {
                 return (Err(Stale { newer: live.id }), Change::NONE);
             }
             if let Some(old) = p.live.take() {
-                crate::stats::bump(&self.stats.sessions_superseded);
-                if let Some(kick) = old.kick {
-                    let _ = kick.send(Kick {
-                        reason: GoodbyeReason::Superseded,
-                        message: format!("session {} superseded by session {id}", old.id),
-                    });
-                }
+                supersede(&self.stats, old, &format!("session {id}"));
             }
             *p = Presence {
                 live: Some(LiveSession { id, kick: Some(kick) }),

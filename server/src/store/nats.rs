@@ -114,7 +114,23 @@ struct Vehicle {
     claimed_by: Option<presence::Claimant>,
 }
 
+/// A reload for the hub from a vehicle's image, with the revision of its
+/// rows (none when the rows are unknown).
+struct Delivery {
+    reload: Reload,
+    rev: Option<u64>,
+}
+
 impl Vehicle {
+    /// A reload of the hub's vehicle from this image, at its floor.
+    fn delivery(&self, id: &Arc<str>, cause: ReloadCause, known: bool) -> Delivery {
+        let rows = if known { DurableRows::Known(self.rows(id)) } else { DurableRows::Unknown };
+        Delivery {
+            reload: Reload { vehicle: id.clone(), cause, valid_from: self.floor, rows },
+            rev: known.then_some(self.rev),
+        }
+    }
+
     fn rows(&self, vehicle: &Arc<str>) -> Option<StoredRows> {
         let record = self.record.clone()?;
         Some(StoredRows {
@@ -589,13 +605,7 @@ async fn follow(shared: Arc<Shared>, mut start: u64) {
                     Applied::Record(id) if !from_here => {
                         let v = vehicles.get_mut(&id).expect("applied");
                         v.floor += 1;
-                        let reload = Reload {
-                            cause: ReloadCause::Changed,
-                            valid_from: v.floor,
-                            rows: DurableRows::Known(v.rows(&id)),
-                            vehicle: id,
-                        };
-                        (Some((reload, v.rev)), None)
+                        (Some(v.delivery(&id, ReloadCause::Changed, true)), None)
                     }
                     Applied::Presence(p) => (None, Some(p)),
                     Applied::Lease => {
@@ -609,8 +619,8 @@ async fn follow(shared: Arc<Shared>, mut start: u64) {
             };
             drop(read.headers);
             shared.fed.notify_waiters();
-            if let Some((reload, rev)) = reload {
-                shared.deliver(reload, rev);
+            if let Some(delivery) = reload {
+                shared.deliver(delivery);
             }
             if let (Some(presence), Some(hook)) = (presence, shared.presence_hook.get()) {
                 hook(presence);
@@ -736,22 +746,14 @@ impl Shared {
     /// ones). Returns whether the hub got what is durable (else it hides the
     /// vehicle until a later reload tells it).
     async fn reload(self: &Arc<Self>, vehicle: &Arc<str>, epoch: u64) -> bool {
-        let target = self.leader_revision(vehicle).await;
-        let caught_up = match target {
-            Some(target) => self.wait_for_feed(vehicle, target).await,
-            None => false,
-        };
-        let reload = {
-            let mut vehicles = self.vehicles.lock().unwrap_or_else(|p| p.into_inner());
-            let v = vehicles.entry(vehicle.clone()).or_default();
+        let caught_up = self.catch_up(vehicle).await;
+        let delivery = self.with(vehicle, |v| {
             let queued = v.queue.iter().map(|p| p.save.epoch).max().unwrap_or(0);
             v.floor = v.floor.max(epoch.max(queued) + 1);
-            let rows = if caught_up { DurableRows::Known(v.rows(vehicle)) } else { DurableRows::Unknown };
-            (Reload { vehicle: vehicle.clone(), cause: ReloadCause::Refused, valid_from: v.floor, rows }, v.rev)
-        };
-        let unknown = matches!(reload.0.rows, DurableRows::Unknown);
-        self.deliver(reload.0, reload.1);
-        if unknown {
+            v.delivery(vehicle, ReloadCause::Refused, caught_up)
+        });
+        self.deliver(delivery);
+        if !caught_up {
             // The hub hides the vehicle until it is told what is durable.
             let shared = self.clone();
             let vehicle = vehicle.clone();
@@ -760,39 +762,34 @@ impl Shared {
                 loop {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
-                    let Some(target) = shared.leader_revision(&vehicle).await else { continue };
-                    if shared.wait_for_feed(&vehicle, target).await {
-                        let reload = {
-                            let mut vehicles = shared.vehicles.lock().unwrap_or_else(|p| p.into_inner());
-                            let v = vehicles.entry(vehicle.clone()).or_default();
+                    if shared.catch_up(&vehicle).await {
+                        let delivery = shared.with(&vehicle, |v| {
                             v.floor += 1;
-                            let reload = Reload {
-                                vehicle: vehicle.clone(),
-                                cause: ReloadCause::Refused,
-                                valid_from: v.floor,
-                                rows: DurableRows::Known(v.rows(&vehicle)),
-                            };
-                            (reload, v.rev)
-                        };
-                        shared.deliver(reload.0, reload.1);
+                            v.delivery(&vehicle, ReloadCause::Refused, true)
+                        });
+                        shared.deliver(delivery);
                         return;
                     }
                 }
             });
         }
-        !unknown
+        caught_up
+    }
+
+    /// Waits (bounded) until this node's image of `vehicle` holds what the
+    /// stream's leader holds of it; false if it could not tell or wait.
+    async fn catch_up(&self, vehicle: &Arc<str>) -> bool {
+        match self.leader_revision(vehicle).await {
+            Some(target) => self.wait_for_feed(vehicle, target).await,
+            None => false,
+        }
     }
 
     /// Gives the hub a reload (outside the images' lock: the hub's lock
     /// comes first when it saves), then lets saves below its floor be
     /// refused without a try.
-    /// `rev` is the revision of the reload's rows.
-    fn deliver(&self, reload: Reload, rev: u64) {
+    fn deliver(&self, Delivery { reload, rev }: Delivery) {
         let (vehicle, floor) = (reload.vehicle.clone(), reload.valid_from);
-        let rev = match &reload.rows {
-            DurableRows::Known(_) => Some(rev),
-            DurableRows::Unknown => None,
-        };
         if let Some(hook) = self.hook.get() {
             hook(reload);
         }
