@@ -22,7 +22,7 @@ use serde::Serialize;
 use tether_sdk::{Agent, Client, FieldStatus, Patch, WaitLevel, Window};
 
 use super::latency::{LatencyConfig, measure};
-use super::load::Percentiles;
+use super::load::{Percentiles, round};
 use super::{Tetherd, TetherdOptions, metric_value};
 use crate::nats::NatsCluster;
 use crate::sim::SimCapability;
@@ -119,13 +119,14 @@ pub async fn run(config: &ClusterConfig) -> anyhow::Result<ClusterReport> {
         kills.push(kill(nodes, vehicles).await?);
     }
 
-    let ratio = |i: usize| round2(latency[i].percentiles.p50_us as f64 / latency[0].percentiles.p50_us.max(1) as f64);
+    let ratio =
+        |i: usize| round(latency[i].percentiles.p50_us as f64 / latency[0].percentiles.p50_us.max(1) as f64, 100.0);
     Ok(ClusterReport {
         scenario: "cluster",
         p50_ratio_same_node: ratio(1),
         p50_ratio_cross_node: ratio(2),
         latency,
-        writes_per_second: rates.map(round1),
+        writes_per_second: rates.map(|r| round(r, 10.0)),
         writers: config.writers,
         kills,
         cores: super::cores(),
@@ -240,14 +241,6 @@ async fn kill(mut nodes: Vec<Tetherd>, vehicles: usize) -> anyhow::Result<Kill> 
         agent.shutdown().await;
     }
     Ok(Kill { vehicles, online_ms: online.as_millis() as u64, resynced_ms: resynced.as_millis() as u64 })
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 impl fmt::Display for ClusterReport {

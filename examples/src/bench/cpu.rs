@@ -97,7 +97,7 @@ impl CpuTally {
     /// The usage over every interval added.
     pub fn usage(&self) -> CpuUsage {
         let seconds = self.seconds.max(1e-6);
-        let percent = |ticks: u64| round1(ticks as f64 / TICKS_PER_SECOND / seconds * 100.0);
+        let percent = |ticks: u64| super::load::round(ticks as f64 / TICKS_PER_SECOND / seconds * 100.0, 10.0);
         let mut threads: Vec<ThreadCpu> = self
             .threads
             .iter()
@@ -140,10 +140,6 @@ fn ticks(stat: &str) -> Option<(String, u64)> {
     let utime: u64 = rest.nth(11)?.parse().ok()?;
     let stime: u64 = rest.next()?.parse().ok()?;
     Some((name, utime + stime))
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
 }
 
 #[cfg(test)]

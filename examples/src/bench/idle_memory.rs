@@ -26,6 +26,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use super::Tetherd;
 use super::baseline::Baseline;
 use super::lean_vehicle::LeanVehicle;
+use super::load::round;
 use super::pki::{self, BenchPki, Issued};
 
 /// Connect attempts per vehicle.
@@ -334,11 +335,6 @@ async fn measure(server: Server<'_>, config: &IdleMemoryConfig) -> anyhow::Resul
         tracing::warn!("vehicles did not close within {CLOSE_TIMEOUT:?}");
     }
     report
-}
-
-/// `x` rounded to `1 / per_unit` (10.0: one decimal).
-pub(crate) fn round(x: f64, per_unit: f64) -> f64 {
-    (x * per_unit).round() / per_unit
 }
 
 /// The stats client: plaintext, or over mTLS as the stats service.

@@ -12,7 +12,7 @@ use tether_sdk::{Agent, AgentEvent, Client, FieldStatus, Patch, WaitLevel, Windo
 use tokio::time::Instant;
 
 use super::Tetherd;
-use super::load::Percentiles;
+use super::load::{Percentiles, round};
 use crate::sim::SimCapability;
 
 /// The benchmark vehicle.
@@ -119,12 +119,7 @@ pub async fn measure(
     }
     let elapsed = measured_from.elapsed();
     agent.shutdown().await;
-    Ok((Percentiles::of(&histogram), round1(config.writes as f64 / elapsed.as_secs_f64())))
-}
-
-/// `x` to one decimal, so the JSON line stays readable.
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
+    Ok((Percentiles::of(&histogram), round(config.writes as f64 / elapsed.as_secs_f64(), 10.0)))
 }
 
 impl fmt::Display for LatencyReport {

@@ -16,7 +16,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::baseline::{Baseline, BaselineOptions};
-use super::idle_memory::{self, IdleMemoryConfig, IdleMemoryReport, Security, overflows, round, sessions_connections};
+use super::idle_memory::{self, IdleMemoryConfig, IdleMemoryReport, Security, overflows, sessions_connections};
+use super::load::round;
 use super::pki::{self, BenchPki, ServerFiles};
 use super::{Tetherd, TetherdOptions};
 
